@@ -1,0 +1,1 @@
+"""The ``kvsim`` command line: one entry point, one module per subcommand, imported lazily."""
