@@ -34,6 +34,7 @@ ALLOWED: dict[str, set[str]] = {
     "hardware": {"core"},
     "models": {"core"},
     "perf": {"core", "hardware", "models"},
+    "calibrate": {"core", "hardware", "models", "perf"},
     "cache": {"core"},
     "cache.optimizer": {"core", "cache", "workloads", "models"},
     "workloads": {"core", "models", "cache"},
@@ -52,6 +53,7 @@ THIRD_PARTY_BANNED: dict[str, set[str]] = {
     "workloads": {"grpc", "simpy"},
     "metrics": {"grpc", "simpy"},
     "perf": {"grpc", "simpy"},
+    "calibrate": {"grpc", "simpy"},
     "hardware": {"grpc", "simpy"},
     "models": {"grpc", "simpy"},
 }

@@ -200,22 +200,29 @@ class IterationLogWriter:
         self,
         time_s: float,
         kind: str,
-        batch: Sequence[Sequence[int]],
+        batch: Sequence[Sequence[int]] | str,
         step_time_ms: float,
         num_running: int,
         num_waiting: int,
         extra: Mapping[str, float] | None = None,
     ) -> None:
-        """Append one step (fields as in :class:`~kvsim.metrics.records.IterationRecord`)."""
+        """Append one step (fields as in :class:`~kvsim.metrics.records.IterationRecord`).
+
+        ``batch`` may also be given already rendered as compact JSON (an engine that knows its batch's
+        shape can render it faster than the generic encoder).
+        """
         if kind not in ITERATION_KINDS:
             raise ValueError(f"kind(={kind!r}) must be one of {sorted(ITERATION_KINDS)}")
         # The C encoder formats the (possibly long) batch far faster than a Python join would.
-        if isinstance(batch, np.ndarray):
-            batch = batch.tolist()
-        try:
-            batch_json = json.dumps(batch, separators=(",", ":"))
-        except TypeError:  # numpy integers inside a list: convert, then encode
-            batch_json = json.dumps([[int(e), int(p)] for e, p in batch], separators=(",", ":"))
+        if isinstance(batch, str):
+            batch_json = batch
+        elif isinstance(batch, np.ndarray):
+            batch_json = json.dumps(batch.tolist(), separators=(",", ":"))
+        else:
+            try:
+                batch_json = json.dumps(batch, separators=(",", ":"))
+            except TypeError:  # numpy integers inside a list: convert, then encode
+                batch_json = json.dumps([[int(e), int(p)] for e, p in batch], separators=(",", ":"))
         extra_json = ""
         if extra:
             extra_json = f'"extra":{json.dumps(_round_floats(extra, LOG_DECIMALS), **_COMPACT)},'

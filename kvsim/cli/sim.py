@@ -1,0 +1,181 @@
+"""``kvsim sim``: replay a workload against a simulated SGLang server and print bench_serving's report.
+
+Flags carry the names of ``sglang.bench_serving`` (workload) and ``sglang.launch_server`` (server). They
+override a ``--config`` experiment file, which overrides the packaged default experiment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from kvsim.cli.step_time import add_model_arguments
+
+DATASET_CHOICES = ("random", "random-ids", "generated-shared-prefix", "mooncake")
+
+#: flag dest -> (section, key)
+_SERVER_FLAGS = (
+    "tp",
+    "dtype",
+    "quantization",
+    "kv_cache_dtype",
+    "mem_fraction_static",
+    "max_total_tokens",
+    "chunked_prefill_size",
+    "max_prefill_tokens",
+    "max_running_requests",
+    "page_size",
+)
+_WORKLOAD_FLAGS = (
+    "dataset_name",
+    "dataset_path",
+    "num_prompts",
+    "random_input_len",
+    "random_output_len",
+    "random_range_ratio",
+    "gsp_num_groups",
+    "gsp_prompts_per_group",
+    "gsp_system_prompt_len",
+    "gsp_question_len",
+    "gsp_output_len",
+    "request_rate",
+    "max_concurrency",
+    "mooncake_slowdown_factor",
+    "seed",
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register this subcommand's flags (all default to None so only given flags override)."""
+    add_model_arguments(parser)
+    # The shared helper sets defaults; here None means "take it from the config".
+    parser.set_defaults(model=None, gpu=None, tp=None, dtype=None, kv_cache_dtype=None)
+    server = parser.add_argument_group("server (sglang.launch_server)")
+    server.add_argument("--mem-fraction-static", type=float)
+    server.add_argument("--max-total-tokens", type=int)
+    server.add_argument("--chunked-prefill-size", type=int, help="-1 disables chunked prefill")
+    server.add_argument("--max-prefill-tokens", type=int)
+    server.add_argument("--max-running-requests", type=int)
+    server.add_argument("--page-size", type=int)
+    workload = parser.add_argument_group("workload (sglang.bench_serving)")
+    workload.add_argument("--dataset-name", choices=DATASET_CHOICES)
+    workload.add_argument("--dataset-path", help="trace file for --dataset-name mooncake")
+    workload.add_argument("--num-prompts", type=int)
+    workload.add_argument("--random-input-len", type=int)
+    workload.add_argument("--random-output-len", type=int)
+    workload.add_argument("--random-range-ratio", type=float)
+    workload.add_argument("--gsp-num-groups", type=int)
+    workload.add_argument("--gsp-prompts-per-group", type=int)
+    workload.add_argument("--gsp-system-prompt-len", type=int)
+    workload.add_argument("--gsp-question-len", type=int)
+    workload.add_argument("--gsp-output-len", type=int)
+    workload.add_argument("--request-rate", help="requests per second (Poisson), or inf")
+    workload.add_argument("--max-concurrency", type=int)
+    workload.add_argument("--mooncake-slowdown-factor", type=float)
+    workload.add_argument("--seed", type=int)
+    run = parser.add_argument_group("run")
+    run.add_argument("--output-dir", help="run directory (default runs/sim-<timestamp>)")
+    run.add_argument("--config", help="experiment YAML (sections model, gpu, server, workload, output)")
+    run.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    run.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The config sections the given flags override."""
+    overrides: dict[str, Any] = {}
+    if args.model is not None:
+        overrides["model"] = args.model
+    if args.gpu is not None:
+        overrides["gpu"] = args.gpu
+    server = {k: getattr(args, k) for k in _SERVER_FLAGS if getattr(args, k) is not None}
+    workload = {k: getattr(args, k) for k in _WORKLOAD_FLAGS if getattr(args, k) is not None}
+    if workload.get("request_rate") is not None:
+        workload["request_rate"] = _rate(workload["request_rate"])
+    output: dict[str, Any] = {}
+    if args.output_dir is not None:
+        output["output_dir"] = args.output_dir
+    if args.no_plots:
+        output["plots"] = False
+    for section, body in (("server", server), ("workload", workload), ("output", output)):
+        if body:
+            overrides[section] = body
+    return overrides
+
+
+def _rate(text: str) -> float | str:
+    from kvsim.core.errors import UserInputError
+
+    if text.strip().lower() in ("inf", "infinity"):
+        return "inf"
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserInputError(f"--request-rate: {text!r} is not a number or inf") from None
+    if not value > 0:
+        raise UserInputError(f"--request-rate: must be > 0, got {text}")
+    return value
+
+
+class _Progress:
+    """A progress bar on stderr that appears only once a run has taken more than a second."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.started = time.monotonic()
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __call__(self, done: int) -> None:
+        if self._bar is None:
+            if time.monotonic() - self.started < 1.0 or not sys.stderr.isatty():
+                return
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+            self._bar = Progress(
+                "simulating",
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task("requests", total=self.total)
+        self._bar.update(self._task, completed=done)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Resolve the config, simulate, write the run directory, print the report."""
+    import yaml
+
+    from kvsim.engines.experiment import report, resolve_config, write_run
+
+    config = resolve_config(args.config, overrides_from_args(args))
+    if args.print_config:
+        print(yaml.safe_dump(config, sort_keys=False), end="")
+        return 0
+    output = config.get("output") or {}
+    output_dir = output.get("output_dir") or f"runs/sim-{time.strftime('%Y%m%d-%H%M%S')}"
+    workload = config.get("workload") or {}
+    progress = _Progress(int(workload.get("num_prompts") or 0))
+    try:
+        result, run_dir = write_run(
+            config,
+            Path(output_dir),
+            plots=bool(output.get("plots", True)),
+            on_finish=progress,
+            wall_clock=time.perf_counter,
+        )
+    finally:
+        progress.close()
+    print(report(result))
+    print(f"run directory: {run_dir}")
+    return 0

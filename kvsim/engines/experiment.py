@@ -1,0 +1,288 @@
+"""Experiments: a config (YAML sections ``model``, ``gpu``, ``server``, ``workload``, ``output``) resolved
+into a simulated SGLang run, and the run directory it writes.
+
+Resolution order, lowest first: the packaged default experiment < a ``--config`` file < explicit flags
+(or a dict of overrides from a notebook). Unknown keys are refused with the list of valid ones.
+``run_experiment`` returns a :class:`SimResult` in memory; ``write_run`` writes ``metrics.json``,
+``requests.jsonl``, ``iterations.jsonl``, ``config.resolved.yaml``, ``run.json`` and the plots.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kvsim import __version__
+from kvsim.core.errors import ConfigError, UserInputError
+from kvsim.engines.driver import DriverStats, EngineDriver
+from kvsim.engines.sglang.config import ResolvedServer, ServerArgs, resolve_server
+from kvsim.engines.sglang.scheduler import SGLangScheduler
+from kvsim.metrics import (
+    ITERATIONS_FILE,
+    IterationLogWriter,
+    IterationRecord,
+    RequestRecord,
+    format_report,
+    summarize,
+    write_metrics,
+    write_requests,
+)
+from kvsim.perf.predictor import Deployment, StepTimePredictor
+from kvsim.workloads import build_workload
+from kvsim.workloads.base import Workload
+
+SECTIONS = ("model", "gpu", "server", "workload", "output")
+SERVER_KEYS = (
+    "tp",
+    "dtype",
+    "quantization",
+    "kv_cache_dtype",
+    "mem_fraction_static",
+    "max_total_tokens",
+    "chunked_prefill_size",
+    "max_prefill_tokens",
+    "max_running_requests",
+    "page_size",
+    "schedule_conservativeness",
+    "disable_radix_cache",
+)
+WORKLOAD_KEYS = (
+    "dataset_name",
+    "dataset_path",
+    "num_prompts",
+    "random_input_len",
+    "random_output_len",
+    "random_range_ratio",
+    "gsp_num_groups",
+    "gsp_prompts_per_group",
+    "gsp_system_prompt_len",
+    "gsp_question_len",
+    "gsp_output_len",
+    "request_rate",
+    "max_concurrency",
+    "mooncake_slowdown_factor",
+    "seed",
+)
+OUTPUT_KEYS = ("output_dir", "plots")
+
+
+def default_config() -> dict[str, Any]:
+    """The packaged default experiment (Qwen3-8B on an H20 serving a shared-prefix workload)."""
+    text = (resources.files("kvsim.engines") / "default_experiment.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read an experiment YAML file; a missing file or bad YAML is a one-line error naming the path."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file not found: {file}")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{file}{where}: invalid YAML") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}: expected a mapping with sections {', '.join(SECTIONS)}")
+    return data
+
+
+def _check_keys(config: Mapping[str, Any], where: str) -> None:
+    for section in config:
+        if section not in SECTIONS:
+            raise ConfigError(f"{where}: unknown section {section!r}; valid: {', '.join(SECTIONS)}")
+    allowed = {"server": SERVER_KEYS, "workload": WORKLOAD_KEYS, "output": OUTPUT_KEYS}
+    for section, keys in allowed.items():
+        body = config.get(section)
+        if body is None:
+            continue
+        if not isinstance(body, dict):
+            raise ConfigError(f"{where}: section {section!r} must be a mapping")
+        for key in body:
+            if key not in keys:
+                raise ConfigError(f"{where}: unknown key {section}.{key}; valid: {', '.join(keys)}")
+    for section in ("model", "gpu"):
+        if section in config and not isinstance(config[section], str):
+            raise ConfigError(f"{where}: {section} must be a name, e.g. {section}: Qwen3-8B")
+
+
+def merge_config(base: dict[str, Any], override: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Return ``base`` with ``override``'s sections merged key by key (override wins)."""
+    _check_keys(override, where)
+    merged = copy.deepcopy(base)
+    for section, body in override.items():
+        if isinstance(body, dict):
+            merged.setdefault(section, {}).update(body)
+        else:
+            merged[section] = body
+    return merged
+
+
+def resolve_config(
+    config_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Default experiment < config file < overrides, validated key by key."""
+    config = default_config()
+    if config_file is not None:
+        config = merge_config(config, load_config_file(config_file), str(config_file))
+    if overrides:
+        config = merge_config(config, overrides, "flags")
+    return config
+
+
+@dataclass(slots=True)
+class SimResult:
+    """Everything a simulated run produced, in memory."""
+
+    config: dict[str, Any]
+    server: ResolvedServer
+    deployment: Deployment
+    workload: Workload
+    records: list[RequestRecord]
+    metrics: dict[str, Any]
+    stats: DriverStats
+    num_retractions: int
+
+
+def _server_args(server: Mapping[str, Any]) -> ServerArgs:
+    fields = {k: server[k] for k in ServerArgs.__dataclass_fields__ if k in server and server[k] is not None}
+    return ServerArgs(**fields)
+
+
+def _request_rate(value: Any) -> float:
+    if isinstance(value, str):
+        if value.strip().lower() in ("inf", "infinity"):
+            return math.inf
+        try:
+            return float(value)
+        except ValueError:
+            raise UserInputError(f"--request-rate: {value!r} is not a number or inf") from None
+    return float(value)
+
+
+def run_experiment(
+    config: Mapping[str, Any],
+    *,
+    iteration_log: IterationLogWriter | None = None,
+    on_finish: Callable[[int], None] | None = None,
+    workload: Workload | None = None,
+) -> SimResult:
+    """Simulate one resolved experiment config; deterministic for a given config."""
+    server_cfg = dict(config.get("server") or {})
+    deployment = Deployment.create(
+        config["model"],
+        config["gpu"],
+        int(server_cfg.get("tp", 1)),
+        server_cfg.get("dtype") or "auto",
+        server_cfg.get("quantization"),
+        server_cfg.get("kv_cache_dtype") or "auto",
+    )
+    server = resolve_server(_server_args(server_cfg), deployment)
+    wl_cfg = dict(config.get("workload") or {})
+    max_concurrency = wl_cfg.pop("max_concurrency", None)
+    if max_concurrency is not None and int(max_concurrency) <= 0:
+        raise UserInputError(f"--max-concurrency: must be > 0, got {max_concurrency}")
+    if workload is None:
+        dataset = wl_cfg.pop("dataset_name")
+        if "request_rate" in wl_cfg:
+            wl_cfg["request_rate"] = _request_rate(wl_cfg["request_rate"])
+        wl_cfg = {k: v for k, v in wl_cfg.items() if v is not None}
+        workload = build_workload(dataset, max_context_len=server.context_len, **wl_cfg)
+    if not workload.requests:
+        raise UserInputError("the workload has no requests")
+    scheduler = SGLangScheduler(server)
+    driver = EngineDriver(
+        scheduler,
+        StepTimePredictor(deployment),
+        workload,
+        max_concurrency=None if max_concurrency is None else int(max_concurrency),
+        iteration_log=iteration_log,
+        on_finish=on_finish,
+    )
+    stats = driver.run()
+    records = sorted(stats.records, key=lambda r: r.request_id)
+    metrics = summarize(records, truncated_requests=workload.truncated_requests, start_s=0.0)
+    metrics["num_retractions"] = scheduler.num_retractions
+    metrics["prefill_steps"] = stats.prefill_steps
+    metrics["decode_steps"] = stats.decode_steps
+    metrics["max_total_tokens"] = server.max_total_tokens
+    resolved = copy.deepcopy(dict(config))
+    resolved["server"] = {**server_cfg, **server.to_dict(), "tp": deployment.tp}
+    return SimResult(
+        resolved, server, deployment, workload, records, metrics, stats, scheduler.num_retractions
+    )
+
+
+def write_run(
+    config: Mapping[str, Any],
+    output_dir: str | Path,
+    *,
+    plots: bool = True,
+    on_finish: Callable[[int], None] | None = None,
+    wall_clock: Callable[[], float] | None = None,
+) -> tuple[SimResult, Path]:
+    """Run the experiment and write its run directory; nothing is left behind if the run fails.
+
+    Outputs are written into a sibling temporary folder and moved into place only when complete, so a
+    directory with a ``run.json`` is always a finished run.
+    """
+    target = Path(output_dir)
+    staging = target.with_name(f".{target.name}.partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    started = wall_clock() if wall_clock else 0.0
+    try:
+        with IterationLogWriter(staging / ITERATIONS_FILE) as log:
+            result = run_experiment(config, iteration_log=log, on_finish=on_finish)
+        write_metrics(staging, result.metrics)
+        write_requests(staging, result.records, include_token_times=False)
+        (staging / "config.resolved.yaml").write_text(
+            yaml.safe_dump(result.config, sort_keys=False), encoding="utf-8"
+        )
+        if plots:
+            from kvsim.metrics.plots import RunData, plot_run
+
+            # The queue plot needs only times and queue lengths: no need to re-read the step log.
+            steps = [
+                IterationRecord(t, "decode", (), 0.0, running, waiting)
+                for t, running, waiting in result.stats.timeline
+            ]
+            plot_run(RunData(result.records, steps), staging)
+        run_info = {
+            "kvsim_version": __version__,
+            "wall_time_s": round((wall_clock() - started), 3) if wall_clock else None,
+            "simulated_duration_s": result.metrics.get("duration"),
+        }
+        (staging / "run.json").write_text(json.dumps(run_info, indent=2) + "\n", encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    return result, target
+
+
+def report(result: SimResult) -> str:
+    """The bench_serving-style table of a run."""
+    wl = result.config.get("workload") or {}
+    # Trace replays follow the trace's own timestamps; the rate flag does not apply to them.
+    rate = "trace" if wl.get("dataset_name") == "mooncake" else wl.get("request_rate")
+    return format_report(
+        result.metrics,
+        request_rate=rate,
+        max_concurrency=wl.get("max_concurrency"),
+    )

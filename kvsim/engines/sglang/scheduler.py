@@ -1,0 +1,560 @@
+"""SGLang's scheduler as a pure state machine: ``schedule(now)`` picks the next forward step,
+``complete(batch, end_s)`` applies its results. No simpy, no clock: the driver owns time.
+
+Rules modelled (SGLang ``managers/scheduler.py``, ``schedule_policy.py``, ``schedule_batch.py``):
+
+- **Prefill first, no mixed batches.** Each step first tries to form a prefill batch from the waiting
+  queue; only when none can be formed do the running requests decode.
+- **Prefill adder budgets.** ``rem_total_tokens = free + evictable - reserved``, where the running
+  requests reserve ``min(remaining output, 4096) * new_token_ratio`` tokens each and every admitted
+  request adds its extend length plus ``min(max_new_tokens, 4096)``. A request whose extend plus output
+  estimate reaches the remaining total stops admission (NO_TOKEN); one whose extend reaches the remaining
+  ``max_prefill_tokens`` stops it unless it is the first (OTHER).
+- **Chunked prefill.** A prompt longer than the remaining chunk budget is cut to it; the unfinished
+  request (the ``chunked_req``) is inserted into the radix cache after each chunk and continues first in
+  the next prefill batch. ``max_running_requests`` caps running plus admitted requests.
+- **Prefix matching.** Each admission matches the prompt (all but its last token) against the radix
+  cache and locks the matched path; the matched tokens are not computed again.
+- **Decode and retraction.** A decode step needs one KV slot per running request. When free plus
+  evictable slots fall short, requests are retracted (fewest output tokens first, ties to the longest
+  prompt) until the rest fit, their KV is released and they return to the end of the waiting queue; the
+  ``new_token_ratio`` is then re-estimated from decoded versus requested tokens. Otherwise the ratio
+  decays each decode step towards its minimum, and resets when the server goes idle.
+
+Decode steps cost O(1) Python work plus the requests that finish: per-request decode positions are
+derived from the step counter (``past = ctx0 + step - start``), never updated one by one.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+
+from kvsim.cache.radix import RadixNode
+from kvsim.core.errors import UserInputError
+from kvsim.engines.sglang.config import (
+    CLIP_MAX_NEW_TOKENS,
+    INIT_NEW_TOKEN_RATIO,
+    MIN_NEW_TOKEN_RATIO_FACTOR,
+    NEW_TOKEN_RATIO_DECAY_STEPS,
+    RETRACT_DECODE_STEPS,
+    ResolvedServer,
+)
+from kvsim.engines.sglang.kv_pool import KVPool
+from kvsim.workloads.base import Request
+
+
+class SimulationError(UserInputError):
+    """The simulated server cannot run this workload with these settings (e.g. a request that can never
+    fit in the KV pool)."""
+
+
+class AddResult(Enum):
+    """Outcome of offering one request to the prefill adder (SGLang's ``AddReqResult``)."""
+
+    CONTINUE = 0
+    NO_TOKEN = 1
+    OTHER = 2
+
+
+class ReqState:
+    """A request inside the server."""
+
+    __slots__ = (
+        "cached_tokens",
+        "ctx0",
+        "decode_start",
+        "decode_start_output",
+        "extend_len",
+        "fill_len",
+        "finish_step",
+        "first_token_s",
+        "input_len",
+        "locked_len",
+        "node",
+        "output_done",
+        "output_len",
+        "prefix_len",
+        "req",
+        "send_s",
+        "token_segments",
+        "tokens",
+    )
+
+    def __init__(self, req: Request, send_s: float) -> None:
+        self.req = req
+        self.send_s = send_s
+        self.tokens = req.token_ids
+        self.input_len = req.input_len
+        self.output_len = req.output_len
+        self.fill_len = 0  # tokens (prompt, then earlier outputs) whose KV exists
+        self.locked_len = 0  # leading prompt tokens held through the locked radix node
+        self.node: RadixNode | None = None
+        self.prefix_len = 0  # cached tokens matched this round
+        self.extend_len = 0  # tokens computed this round
+        self.output_done = 0
+        self.cached_tokens = -1  # prefix matched at the first admission (-1: not admitted yet)
+        self.first_token_s = -1.0
+        # Output-token times: floats for tokens made by prefill steps, (start, stop) decode-step ranges.
+        self.token_segments: list[float | tuple[int, int]] = []
+        self.ctx0 = 0
+        self.decode_start = 0
+        self.decode_start_output = 0
+        self.finish_step = -1
+
+    @property
+    def full_len(self) -> int:
+        """Tokens a prefill must cover: the prompt plus outputs made before a retraction."""
+        return self.input_len + self.output_done
+
+    @property
+    def own_tokens_in_prefill(self) -> int:
+        """Private KV slots while not decoding: everything computed beyond the locked prefix."""
+        return self.fill_len - self.locked_len
+
+
+@dataclass(slots=True)
+class ScheduledBatch:
+    """One forward step chosen by the scheduler."""
+
+    kind: str  # "prefill" or "decode"
+    reqs: list[ReqState] = field(default_factory=list)  # prefill requests (decode: empty)
+    extend: list[int] = field(default_factory=list)  # per prefill request
+    past: list[int] = field(default_factory=list)
+    step: int = -1  # decode step index
+    num_requests: int = 0
+    num_tokens: int = 0
+    sum_context: int = 0  # sum(past + extend)
+    attention_pairs: int = 0
+
+    def batch_list(self, running: RunningSet) -> list[list[int]]:
+        """``[[extend_len, past_len], ...]`` (decode requests in slot order)."""
+        if self.kind == "prefill":
+            return [[e, p] for e, p in zip(self.extend, self.past, strict=True)]
+        return [[1, p] for p in running.pasts(self.step).tolist()]
+
+    def batch_json(self, running: RunningSet) -> str:
+        """The same as compact JSON, rendered without the generic encoder (this runs every step)."""
+        if self.kind == "prefill":
+            pairs = "],[".join(f"{e},{p}" for e, p in zip(self.extend, self.past, strict=True))
+            return f"[[{pairs}]]"
+        return "[[1," + "],[1,".join(map(str, running.pasts(self.step).tolist())) + "]]"
+
+
+class RunningSet:
+    """The decoding requests, with per-request decode positions in slot arrays for vectorised reads.
+
+    Each request gets a slot; ``ctx0 - start`` is stored per slot so that every request's past length at
+    decode step ``k`` is ``(ctx0 - start) + k``. Aggregates needed by the scheduler every step are kept
+    as running sums, so a decode step costs no per-request Python work.
+    """
+
+    def __init__(self) -> None:
+        self.reqs: dict[int, ReqState] = {}  # request_id -> state, in join order
+        self.sum_ctx0_minus_start = 0
+        self.sum_remaining_base = 0  # sum(output_len - decode_start_output + decode_start)
+        self.long_outputs = 0  # requests whose remaining output can exceed the clip
+        self._offset = np.zeros(64, dtype=np.int64)  # ctx0 - decode_start per slot
+        self._active = np.zeros(64, dtype=bool)
+        self._slot_of: dict[int, int] = {}
+        self._free_slots: list[int] = list(range(63, -1, -1))
+        self._active_idx: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.reqs)
+
+    def add(self, state: ReqState) -> None:
+        """Start decoding ``state`` (its fields ``ctx0``/``decode_start*`` already set)."""
+        rid = state.req.request_id
+        self.reqs[rid] = state
+        self.sum_ctx0_minus_start += state.ctx0 - state.decode_start
+        self.sum_remaining_base += state.output_len - state.decode_start_output + state.decode_start
+        if state.output_len - state.decode_start_output > CLIP_MAX_NEW_TOKENS:
+            self.long_outputs += 1
+        if not self._free_slots:
+            size = len(self._offset)
+            self._offset = np.concatenate([self._offset, np.zeros(size, dtype=np.int64)])
+            self._active = np.concatenate([self._active, np.zeros(size, dtype=bool)])
+            self._free_slots = list(range(2 * size - 1, size - 1, -1))
+        slot = self._free_slots.pop()
+        self._slot_of[rid] = slot
+        self._offset[slot] = state.ctx0 - state.decode_start
+        self._active[slot] = True
+        self._active_idx = None
+
+    def remove(self, state: ReqState) -> None:
+        """Stop decoding ``state``."""
+        rid = state.req.request_id
+        del self.reqs[rid]
+        self.sum_ctx0_minus_start -= state.ctx0 - state.decode_start
+        self.sum_remaining_base -= state.output_len - state.decode_start_output + state.decode_start
+        if state.output_len - state.decode_start_output > CLIP_MAX_NEW_TOKENS:
+            self.long_outputs -= 1
+        slot = self._slot_of.pop(rid)
+        self._active[slot] = False
+        self._free_slots.append(slot)
+        self._active_idx = None
+
+    def sum_past(self, step: int) -> int:
+        """Sum over running requests of the KV length each decodes on at ``step``."""
+        return self.sum_ctx0_minus_start + len(self.reqs) * step
+
+    def reserved_output(self, step: int) -> int:
+        """Sum of ``min(remaining output, clip)`` over running requests before ``step`` runs."""
+        if self.long_outputs == 0:
+            return self.sum_remaining_base - len(self.reqs) * step
+        return sum(
+            min(s.output_len - (s.decode_start_output + step - s.decode_start), CLIP_MAX_NEW_TOKENS)
+            for s in self.reqs.values()
+        )
+
+    def pasts(self, step: int) -> np.ndarray:
+        """Per-request past length at ``step``, in slot order."""
+        if self._active_idx is None:
+            self._active_idx = np.flatnonzero(self._active)
+        return self._offset[self._active_idx] + step
+
+
+class SGLangScheduler:
+    """The scheduling state of one simulated SGLang server (TP group)."""
+
+    def __init__(self, server: ResolvedServer) -> None:
+        args = server.args
+        self.server = server
+        self.pool = KVPool(server.max_total_tokens, args.page_size, not args.disable_radix_cache)
+        self.page_size = args.page_size
+        self.max_running_requests = server.max_running_requests
+        self.max_prefill_tokens = args.max_prefill_tokens
+        self.chunked_prefill_size = server.chunked_prefill_size
+        self.init_new_token_ratio = min(INIT_NEW_TOKEN_RATIO * args.schedule_conservativeness, 1.0)
+        self.min_new_token_ratio = min(self.init_new_token_ratio * MIN_NEW_TOKEN_RATIO_FACTOR, 1.0)
+        self.new_token_ratio_decay = (
+            self.init_new_token_ratio - self.min_new_token_ratio
+        ) / NEW_TOKEN_RATIO_DECAY_STEPS
+        self.new_token_ratio = self.init_new_token_ratio
+        self.waiting: deque[ReqState] = deque()
+        self.running = RunningSet()
+        self.chunked: ReqState | None = None
+        self.batch_is_full = False
+        self.decode_steps = 0  # decode steps completed; the index of the next one
+        self.decode_end_times: list[float] = []
+        self.finish_at: dict[int, list[ReqState]] = {}
+        self.num_retractions = 0
+
+    # ---- queue ------------------------------------------------------------------------------------------
+    def add_request(self, req: Request, send_s: float) -> ReqState:
+        """Queue a newly received request; a prompt that can never fit the KV pool is refused."""
+        if req.input_len + req.output_len > self.pool.total_tokens:
+            raise SimulationError(
+                f"request {req.request_id} needs {req.input_len + req.output_len} KV tokens, more than the "
+                f"whole pool of {self.pool.total_tokens}; raise --mem-fraction-static or shorten the workload"
+            )
+        state = ReqState(req, send_s)
+        self.waiting.append(state)
+        self.batch_is_full = False
+        return state
+
+    @property
+    def num_waiting(self) -> int:
+        """Requests queued (not counting the chunked request in progress)."""
+        return len(self.waiting)
+
+    @property
+    def num_running(self) -> int:
+        """Requests decoding."""
+        return len(self.running)
+
+    def has_work(self) -> bool:
+        """Whether any request is queued, mid-prefill or decoding."""
+        return bool(self.waiting) or self.chunked is not None or len(self.running) > 0
+
+    # ---- scheduling -----------------------------------------------------------------------------------
+    def schedule(self, now: float) -> ScheduledBatch | None:
+        """Choose the next forward step, or None when there is nothing to run."""
+        batch = self._new_prefill_batch(now)
+        if batch is None and len(self.running):
+            batch = self._decode_batch()
+        if batch is None:
+            self.new_token_ratio = self.init_new_token_ratio
+        return batch
+
+    def _new_prefill_batch(self, now: float) -> ScheduledBatch | None:
+        if (self.batch_is_full or not self.waiting) and self.chunked is None:
+            return None
+        running_bs = len(self.running)
+        if running_bs >= self.max_running_requests:
+            self.batch_is_full = True
+            return None
+        pool = self.pool
+        reserved = self.running.reserved_output(self.decode_steps) * self.new_token_ratio
+        # rem_total_tokens is recomputed from live sizes, as SGLang's property is: locking a prefix
+        # shrinks the evictable part.
+        offset = reserved
+        rem_input = self.max_prefill_tokens
+        rem_chunk = self.chunked_prefill_size
+        admitted: list[ReqState] = []
+        new_chunked: ReqState | None = None
+
+        def rem_total() -> float:
+            return pool.available_tokens - offset
+
+        if self.chunked is not None:
+            state = self.chunked
+            self._match(state, now)
+            extend = state.full_len - state.fill_len
+            truncated = rem_chunk is not None and extend > rem_chunk
+            if rem_chunk is not None:
+                extend = min(extend, rem_chunk)
+            state.extend_len = extend
+            admitted.append(state)
+            offset += extend + (
+                0 if truncated else min(state.output_len - state.output_done, CLIP_MAX_NEW_TOKENS)
+            )
+            rem_input -= extend
+            if rem_chunk is not None:
+                rem_chunk -= extend
+            new_chunked = state if truncated else None
+
+        taken = 0
+        for state in self.waiting:
+            if running_bs + len(admitted) >= self.max_running_requests:
+                self.batch_is_full = True
+                break
+            self._match(state, now)
+            extend = state.full_len - state.prefix_len
+            output_estimate = min(state.output_len - state.output_done, CLIP_MAX_NEW_TOKENS)
+            input_tokens = -(-extend // self.page_size) * self.page_size
+            if extend + output_estimate >= rem_total():
+                self.batch_is_full = True
+                break
+            if input_tokens >= rem_input and admitted:
+                break
+            pool.lock(state.node)
+            if extend + output_estimate > rem_total():
+                pool.unlock(state.node)
+                self.batch_is_full = True
+                break
+            if rem_chunk is None or input_tokens <= rem_chunk:
+                state.extend_len = extend
+                offset += input_tokens + output_estimate
+                rem_input -= input_tokens
+                if rem_chunk is not None:
+                    rem_chunk -= input_tokens
+            else:
+                trunc = rem_chunk - rem_chunk % self.page_size
+                if trunc <= 0:
+                    pool.unlock(state.node)
+                    break
+                state.extend_len = trunc
+                new_chunked = state
+                offset += trunc
+                rem_input -= trunc
+                rem_chunk -= trunc
+            self._admit(state)
+            admitted.append(state)
+            taken += 1
+            if rem_total() <= 0:
+                self.batch_is_full = True
+                break
+            if rem_input <= 0 or (rem_chunk is not None and rem_chunk <= 0):
+                break
+
+        if not admitted:
+            return None
+        for _ in range(taken):
+            self.waiting.popleft()
+        self.chunked = new_chunked
+        return self._build_prefill(admitted)
+
+    def _match(self, state: ReqState, now: float) -> None:
+        """SGLang's ``init_next_round_input``: match the prompt (never its last token) in the cache."""
+        if state.fill_len > 0:
+            # A chunked request continues from what it already computed and locked.
+            state.prefix_len = state.fill_len
+            return
+        max_len = min(state.input_len, state.full_len - 1)
+        length, node = self.pool.match(state.tokens, max_len, now)
+        state.prefix_len = length
+        state.node = node
+
+    def _admit(self, state: ReqState) -> None:
+        """A waiting request enters a prefill batch: its matched prefix is locked and counts as filled."""
+        state.locked_len = state.prefix_len
+        state.fill_len = state.prefix_len
+        if state.cached_tokens < 0:
+            state.cached_tokens = state.prefix_len
+
+    def _build_prefill(self, admitted: list[ReqState]) -> ScheduledBatch:
+        batch = ScheduledBatch(kind="prefill", reqs=admitted)
+        tokens = context = pairs = 0
+        for state in admitted:
+            extend, past = state.extend_len, state.fill_len
+            if not self.pool.allocate(extend):
+                raise SimulationError(
+                    f"KV pool of {self.pool.total_tokens} tokens ran out admitting request "
+                    f"{state.req.request_id}; this is a scheduler accounting error"
+                )
+            batch.extend.append(extend)
+            batch.past.append(past)
+            tokens += extend
+            context += past + extend
+            pairs += extend * past + extend * (extend + 1) // 2
+        batch.num_requests = len(admitted)
+        batch.num_tokens = tokens
+        batch.sum_context = context
+        batch.attention_pairs = pairs
+        return batch
+
+    def _decode_batch(self) -> ScheduledBatch:
+        step = self.decode_steps
+        bs = len(self.running)
+        if self.pool.available_tokens < bs:
+            self._retract(step)
+            bs = len(self.running)
+        else:
+            self.new_token_ratio = max(
+                self.new_token_ratio - self.new_token_ratio_decay, self.min_new_token_ratio
+            )
+        allocated = self.pool.allocate(bs)
+        assert allocated, "retraction left too little KV for one decode step"
+        sum_past = self.running.sum_past(step)
+        return ScheduledBatch(
+            kind="decode",
+            step=step,
+            num_requests=bs,
+            num_tokens=bs,
+            sum_context=sum_past + bs,
+            attention_pairs=sum_past + bs,
+        )
+
+    def _retract(self, step: int) -> None:
+        """Retract decoding requests until the rest can take one more token each (SGLang's order)."""
+        states = list(self.running.reqs.values())
+        # Sort descending by (outputs so far, -prompt length); victims are popped from the end.
+        order = sorted(
+            states,
+            key=lambda s: (s.decode_start_output + step - s.decode_start, -s.input_len),
+            reverse=True,
+        )
+        retracted: list[ReqState] = []
+        while True:
+            remaining = len(order)
+            if retracted and self.pool.available_tokens >= remaining:
+                break
+            if remaining == 1:
+                if self.pool.available_tokens >= 1:
+                    break
+                raise SimulationError(
+                    f"KV pool of {self.pool.total_tokens} tokens cannot hold one decoding request; "
+                    "raise --mem-fraction-static or --max-total-tokens"
+                )
+            victim = order.pop()
+            self._release_decoding(victim, step)
+            retracted.append(victim)
+        self.num_retractions += len(retracted)
+        for victim in retracted:
+            victim.fill_len = 0
+            victim.locked_len = 0
+            victim.node = None
+            self.waiting.append(victim)
+        remaining_states = list(self.running.reqs.values())
+        decoded = sum(s.decode_start_output + step - s.decode_start for s in remaining_states)
+        requested = sum(s.output_len for s in remaining_states)
+        if requested > 0:
+            self.new_token_ratio = min(
+                1.0, (decoded + RETRACT_DECODE_STEPS * len(remaining_states)) / requested
+            )
+        self.batch_is_full = False
+
+    def _release_decoding(self, state: ReqState, step: int) -> None:
+        """Stop decoding ``state`` after ``step`` decode steps: free its private KV, unlock its prefix."""
+        steps_done = step - state.decode_start
+        if steps_done > 0:
+            state.token_segments.append((state.decode_start, step))
+        state.output_done = state.decode_start_output + steps_done
+        self.running.remove(state)
+        if state.finish_step >= 0:
+            self.finish_at[state.finish_step].remove(state)
+            state.finish_step = -1
+        own = state.fill_len - state.locked_len + steps_done
+        self.pool.release(own)
+        self.pool.unlock(state.node)
+        state.fill_len += steps_done
+
+    # ---- results ----------------------------------------------------------------------------------------
+    def complete(self, batch: ScheduledBatch, end_s: float) -> list[ReqState]:
+        """Apply a finished step at ``end_s``; returns the requests that finished in it."""
+        if batch.kind == "prefill":
+            return self._complete_prefill(batch, end_s)
+        return self._complete_decode(batch, end_s)
+
+    def _complete_prefill(self, batch: ScheduledBatch, end_s: float) -> list[ReqState]:
+        finished: list[ReqState] = []
+        pool = self.pool
+        for state in batch.reqs:
+            state.fill_len += state.extend_len
+            # Cache the computed prompt (SGLang's cache_unfinished_req); outputs are not inserted.
+            prompt_done = min(state.fill_len, state.input_len)
+            node, locked = pool.insert(state.tokens[:prompt_done], end_s, state.locked_len)
+            if node is not None:
+                pool.lock(node)
+                pool.unlock(state.node)
+                state.node = node
+                state.locked_len = locked
+            if state is self.chunked:
+                continue
+            # The prompt is complete: this step sampled the next token.
+            state.output_done += 1
+            state.token_segments.append(end_s)
+            if state.first_token_s < 0:
+                state.first_token_s = end_s
+            if state.output_done >= state.output_len:
+                self._finish_idle(state)
+                finished.append(state)
+                continue
+            state.ctx0 = state.fill_len
+            state.decode_start = self.decode_steps
+            state.decode_start_output = state.output_done
+            state.finish_step = self.decode_steps + state.output_len - state.output_done - 1
+            self.finish_at.setdefault(state.finish_step, []).append(state)
+            self.running.add(state)
+        return finished
+
+    def _finish_idle(self, state: ReqState) -> None:
+        """Finish a request that is not decoding (its only output came from prefill)."""
+        self.pool.release(state.own_tokens_in_prefill)
+        self.pool.unlock(state.node)
+        state.node = None
+        self.batch_is_full = False
+
+    def _complete_decode(self, batch: ScheduledBatch, end_s: float) -> list[ReqState]:
+        step = batch.step
+        self.decode_end_times.append(end_s)
+        self.decode_steps = step + 1
+        finished = self.finish_at.pop(step, [])
+        for state in finished:
+            steps_done = step + 1 - state.decode_start
+            state.token_segments.append((state.decode_start, step + 1))
+            state.output_done = state.decode_start_output + steps_done
+            self.running.remove(state)
+            self.pool.release(state.fill_len - state.locked_len + steps_done)
+            self.pool.unlock(state.node)
+            state.node = None
+            state.finish_step = -1
+        if finished:
+            self.batch_is_full = False
+        return finished
+
+    def token_times(self, state: ReqState) -> np.ndarray:
+        """Times at which ``state``'s output tokens reached the client, in order."""
+        ends = self.decode_end_times
+        parts: list[np.ndarray] = []
+        for segment in state.token_segments:
+            if isinstance(segment, tuple):
+                parts.append(np.asarray(ends[segment[0] : segment[1]], dtype=np.float64))
+            else:
+                parts.append(np.array([segment], dtype=np.float64))
+        return np.concatenate(parts) if parts else np.zeros(0)
