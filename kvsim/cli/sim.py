@@ -28,6 +28,13 @@ _SERVER_FLAGS = (
     "max_prefill_tokens",
     "max_running_requests",
     "page_size",
+    "schedule_policy",
+    "schedule_conservativeness",
+    "cuda_graph_max_bs",
+    "disable_overlap_schedule",
+    "enable_mixed_chunk",
+    "disable_radix_cache",
+    "sglang_version",
 )
 _WORKLOAD_FLAGS = (
     "dataset_name",
@@ -60,6 +67,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     server.add_argument("--max-prefill-tokens", type=int)
     server.add_argument("--max-running-requests", type=int)
     server.add_argument("--page-size", type=int)
+    server.add_argument("--schedule-policy", help="fcfs (default), lpm, dfs-weight, lof or random")
+    server.add_argument("--schedule-conservativeness", type=float)
+    server.add_argument("--cuda-graph-max-bs", type=int)
+    server.add_argument("--disable-overlap-schedule", action="store_true", default=None)
+    server.add_argument("--enable-mixed-chunk", action="store_true", default=None)
+    server.add_argument("--disable-radix-cache", action="store_true", default=None)
+    server.add_argument("--sglang-version", help="SGLang version whose rules are modelled (0.5.6.post2)")
     workload = parser.add_argument_group("workload (sglang.bench_serving)")
     workload.add_argument("--dataset-name", choices=DATASET_CHOICES)
     workload.add_argument("--dataset-path", help="trace file for --dataset-name mooncake")

@@ -102,6 +102,7 @@ class EngineDriver:
 
     # ---- server side ------------------------------------------------------------------------------------
     def _step_time_s(self, batch: ScheduledBatch) -> float:
+        """Wall time of one step: GPU time from the predictor, plus or overlapped with scheduler CPU time."""
         sums = BatchSums(
             num_requests=batch.num_requests,
             num_tokens=batch.num_tokens,
@@ -109,7 +110,14 @@ class EngineDriver:
             attention_pairs=batch.attention_pairs,
             is_decode=batch.kind == "decode",
         )
-        return self.predictor.predict_sums(sums).step_time_ms / 1e3
+        gpu_s = self.predictor.predict_sums(sums).step_time_ms / 1e3
+        args = self.scheduler.server.args
+        cpu_ms = args.scheduler_cpu_base_ms + args.scheduler_cpu_per_request_us / 1e3 * batch.num_requests
+        cpu_s = cpu_ms / 1e3
+        if args.disable_overlap_schedule:
+            return gpu_s + cpu_s
+        # Overlap scheduling prepares step N+1 on the CPU while the GPU runs step N.
+        return max(gpu_s, cpu_s)
 
     def _engine(self):  # type: ignore[no-untyped-def]
         env = self.env

@@ -23,6 +23,7 @@ import yaml
 
 from kvsim import __version__
 from kvsim.core.errors import ConfigError, UserInputError
+from kvsim.core.rng import spawn_rng
 from kvsim.engines.driver import DriverStats, EngineDriver
 from kvsim.engines.sglang.config import ResolvedServer, ServerArgs, resolve_server
 from kvsim.engines.sglang.scheduler import SGLangScheduler
@@ -54,6 +55,13 @@ SERVER_KEYS = (
     "page_size",
     "schedule_conservativeness",
     "disable_radix_cache",
+    "schedule_policy",
+    "cuda_graph_max_bs",
+    "disable_overlap_schedule",
+    "enable_mixed_chunk",
+    "sglang_version",
+    "scheduler_cpu_base_ms",
+    "scheduler_cpu_per_request_us",
 )
 WORKLOAD_KEYS = (
     "dataset_name",
@@ -202,7 +210,12 @@ def run_experiment(
         workload = build_workload(dataset, max_context_len=server.context_len, **wl_cfg)
     if not workload.requests:
         raise UserInputError("the workload has no requests")
-    scheduler = SGLangScheduler(server)
+    seed = int((config.get("workload") or {}).get("seed") or 0)
+    scheduler = SGLangScheduler(server, spawn_rng(seed, "scheduler"))
+    if workload.name == "mooncake" and 512 % server.args.page_size:
+        raise UserInputError(
+            f"--page-size {server.args.page_size} does not divide the Mooncake trace's 512-token blocks"
+        )
     driver = EngineDriver(
         scheduler,
         StepTimePredictor(deployment),

@@ -24,6 +24,18 @@ INIT_NEW_TOKEN_RATIO = 0.7
 MIN_NEW_TOKEN_RATIO_FACTOR = 0.14
 NEW_TOKEN_RATIO_DECAY_STEPS = 600
 RETRACT_DECODE_STEPS = 20
+#: SGLang versions whose scheduling rules kvsim models (the rules are read from that version's source).
+SGLANG_VERSIONS = ("0.5.6.post2",)
+SCHEDULE_POLICIES = ("fcfs", "lpm", "dfs-weight", "lof", "random")
+#: Cache-aware policies fall back to FCFS when more requests than this wait (SGLang skips the costly
+#: prefix matching and sorting of long queues).
+PREFIX_AWARE_QUEUE_LIMIT = 128
+#: Scheduler CPU time per step: a fixed part plus a part per request in the batch. These are kvsim's
+#: estimates for SGLang's Python scheduler on a modern server CPU (batch assembly, radix matching,
+#: output processing), pending a measurement; with overlap scheduling (SGLang's default) the CPU work
+#: of one step hides behind the GPU work of the previous one, without it the two add up.
+SCHEDULER_CPU_BASE_MS = 1.0
+SCHEDULER_CPU_PER_REQUEST_US = 6.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +50,13 @@ class ServerArgs:
     page_size: int = 1
     schedule_conservativeness: float = 1.0
     disable_radix_cache: bool = False
+    schedule_policy: str = "fcfs"
+    cuda_graph_max_bs: int | None = None
+    disable_overlap_schedule: bool = False
+    enable_mixed_chunk: bool = False
+    sglang_version: str = SGLANG_VERSIONS[0]
+    scheduler_cpu_base_ms: float = SCHEDULER_CPU_BASE_MS
+    scheduler_cpu_per_request_us: float = SCHEDULER_CPU_PER_REQUEST_US
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form for the resolved config."""
@@ -54,6 +73,7 @@ class ResolvedServer:
     chunked_prefill_size: int | None  # None disables chunking
     mem_fraction_static: float
     context_len: int
+    cuda_graph_max_bs: int = 256
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form for ``config.resolved.yaml``'s ``server`` section."""
@@ -63,6 +83,7 @@ class ResolvedServer:
             max_total_tokens=self.max_total_tokens,
             max_running_requests=self.max_running_requests,
             chunked_prefill_size=self.chunked_prefill_size if self.chunked_prefill_size is not None else -1,
+            cuda_graph_max_bs=self.cuda_graph_max_bs,
         )
         return data
 
@@ -91,6 +112,17 @@ def default_chunked_prefill_size(gpu_memory_gib: float) -> int:
     return 16384
 
 
+def default_cuda_graph_max_bs(gpu_memory_gib: float, tp: int) -> int:
+    """SGLang's default largest CUDA-graph batch by GPU memory and TP degree."""
+    if gpu_memory_gib < 20:
+        return 8
+    if gpu_memory_gib < 35:
+        return 16 if tp < 4 else 80
+    if gpu_memory_gib < 60:
+        return 80 if tp < 4 else 160
+    return 256 if tp < 4 else 512
+
+
 def _check_positive(name: str, value: float | None) -> None:
     if value is not None and value <= 0:
         raise UserInputError(f"--{name.replace('_', '-')}: must be > 0, got {value}")
@@ -104,6 +136,18 @@ def resolve_server(args: ServerArgs, deployment: Deployment) -> ResolvedServer:
         raise UserInputError("--chunked-prefill-size: must be > 0, or -1 to disable chunking")
     if args.schedule_conservativeness <= 0:
         raise UserInputError("--schedule-conservativeness: must be > 0")
+    if args.sglang_version not in SGLANG_VERSIONS:
+        raise UserInputError(
+            f"--sglang-version: {args.sglang_version!r} is not modelled; "
+            f"choose one of: {', '.join(SGLANG_VERSIONS)}"
+        )
+    if args.schedule_policy not in SCHEDULE_POLICIES:
+        raise UserInputError(
+            f"--schedule-policy: {args.schedule_policy!r} is not one of {', '.join(SCHEDULE_POLICIES)}"
+        )
+    _check_positive("cuda_graph_max_bs", args.cuda_graph_max_bs)
+    if args.scheduler_cpu_base_ms < 0 or args.scheduler_cpu_per_request_us < 0:
+        raise UserInputError("scheduler CPU times must be >= 0")
     mem_fraction = args.mem_fraction_static
     if mem_fraction is None:
         mem_fraction = default_mem_fraction_static(deployment.tp)
@@ -149,4 +193,5 @@ def resolve_server(args: ServerArgs, deployment: Deployment) -> ResolvedServer:
         chunked_prefill_size=chunk,
         mem_fraction_static=mem_fraction,
         context_len=context_len,
+        cuda_graph_max_bs=args.cuda_graph_max_bs or default_cuda_graph_max_bs(gpu_gib, deployment.tp),
     )

@@ -44,6 +44,7 @@ from kvsim.engines.sglang.config import (
     ResolvedServer,
 )
 from kvsim.engines.sglang.kv_pool import KVPool
+from kvsim.engines.sglang.policy import order_waiting
 from kvsim.workloads.base import Request
 
 
@@ -120,28 +121,30 @@ class ReqState:
 class ScheduledBatch:
     """One forward step chosen by the scheduler."""
 
-    kind: str  # "prefill" or "decode"
+    kind: str  # "prefill", "decode" or "mixed" (prefill plus one decode token per running request)
     reqs: list[ReqState] = field(default_factory=list)  # prefill requests (decode: empty)
     extend: list[int] = field(default_factory=list)  # per prefill request
     past: list[int] = field(default_factory=list)
-    step: int = -1  # decode step index
+    step: int = -1  # decode step index (decode and mixed batches)
+    num_decode: int = 0  # running requests decoding in this step
     num_requests: int = 0
     num_tokens: int = 0
     sum_context: int = 0  # sum(past + extend)
     attention_pairs: int = 0
 
     def batch_list(self, running: RunningSet) -> list[list[int]]:
-        """``[[extend_len, past_len], ...]`` (decode requests in slot order)."""
-        if self.kind == "prefill":
-            return [[e, p] for e, p in zip(self.extend, self.past, strict=True)]
-        return [[1, p] for p in running.pasts(self.step).tolist()]
+        """``[[extend_len, past_len], ...]``: prefill requests first, then decoding ones in slot order."""
+        pairs = [[e, p] for e, p in zip(self.extend, self.past, strict=True)]
+        if self.num_decode:
+            pairs.extend([1, p] for p in running.pasts(self.step).tolist())
+        return pairs
 
     def batch_json(self, running: RunningSet) -> str:
         """The same as compact JSON, rendered without the generic encoder (this runs every step)."""
-        if self.kind == "prefill":
-            pairs = "],[".join(f"{e},{p}" for e, p in zip(self.extend, self.past, strict=True))
-            return f"[[{pairs}]]"
-        return "[[1," + "],[1,".join(map(str, running.pasts(self.step).tolist())) + "]]"
+        parts = [f"[{e},{p}]" for e, p in zip(self.extend, self.past, strict=True)]
+        if self.num_decode:
+            parts.append("[1," + "],[1,".join(map(str, running.pasts(self.step).tolist())) + "]")
+        return "[" + ",".join(parts) + "]"
 
 
 class RunningSet:
@@ -221,8 +224,13 @@ class RunningSet:
 class SGLangScheduler:
     """The scheduling state of one simulated SGLang server (TP group)."""
 
-    def __init__(self, server: ResolvedServer) -> None:
+    def __init__(self, server: ResolvedServer, rng: np.random.Generator | None = None) -> None:
         args = server.args
+        self.policy = args.schedule_policy if not args.disable_radix_cache else "fcfs"
+        if args.disable_radix_cache and args.schedule_policy in ("random", "lof"):
+            self.policy = args.schedule_policy  # cache-agnostic policies survive a disabled cache
+        self.enable_mixed_chunk = args.enable_mixed_chunk
+        self.rng = rng if rng is not None else np.random.Generator(np.random.PCG64(0))
         self.server = server
         self.pool = KVPool(server.max_total_tokens, args.page_size, not args.disable_radix_cache)
         self.page_size = args.page_size
@@ -289,12 +297,16 @@ class SGLangScheduler:
             self.batch_is_full = True
             return None
         pool = self.pool
+        if len(self.waiting) > 1 and self.policy != "fcfs":
+            self.waiting = deque(order_waiting(self.policy, list(self.waiting), pool, self.rng, now))
         reserved = self.running.reserved_output(self.decode_steps) * self.new_token_ratio
         # rem_total_tokens is recomputed from live sizes, as SGLang's property is: locking a prefix
         # shrinks the evictable part.
         offset = reserved
-        rem_input = self.max_prefill_tokens
-        rem_chunk = self.chunked_prefill_size
+        # With mixed chunks the running requests' decode tokens share the step's token budgets.
+        mixed_tokens = running_bs if self.enable_mixed_chunk else 0
+        rem_input = self.max_prefill_tokens - mixed_tokens
+        rem_chunk = None if self.chunked_prefill_size is None else self.chunked_prefill_size - mixed_tokens
         admitted: list[ReqState] = []
         new_chunked: ReqState | None = None
 
@@ -367,7 +379,10 @@ class SGLangScheduler:
         for _ in range(taken):
             self.waiting.popleft()
         self.chunked = new_chunked
-        return self._build_prefill(admitted)
+        batch = self._build_prefill(admitted)
+        if mixed_tokens and self.pool.allocate(mixed_tokens):
+            self._add_decode_part(batch)
+        return batch
 
     def _match(self, state: ReqState, now: float) -> None:
         """SGLang's ``init_next_round_input``: match the prompt (never its last token) in the cache."""
@@ -420,15 +435,23 @@ class SGLangScheduler:
             )
         allocated = self.pool.allocate(bs)
         assert allocated, "retraction left too little KV for one decode step"
+        batch = ScheduledBatch(kind="decode")
+        self._add_decode_part(batch)
+        return batch
+
+    def _add_decode_part(self, batch: ScheduledBatch) -> None:
+        """Add one decode token per running request (KV already allocated) to ``batch``."""
+        step = self.decode_steps
+        bs = len(self.running)
         sum_past = self.running.sum_past(step)
-        return ScheduledBatch(
-            kind="decode",
-            step=step,
-            num_requests=bs,
-            num_tokens=bs,
-            sum_context=sum_past + bs,
-            attention_pairs=sum_past + bs,
-        )
+        batch.step = step
+        batch.num_decode = bs
+        batch.num_requests += bs
+        batch.num_tokens += bs
+        batch.sum_context += sum_past + bs
+        batch.attention_pairs += sum_past + bs
+        if batch.kind == "prefill":
+            batch.kind = "mixed"
 
     def _retract(self, step: int) -> None:
         """Retract decoding requests until the rest can take one more token each (SGLang's order)."""
@@ -487,9 +510,12 @@ class SGLangScheduler:
     # ---- results ----------------------------------------------------------------------------------------
     def complete(self, batch: ScheduledBatch, end_s: float) -> list[ReqState]:
         """Apply a finished step at ``end_s``; returns the requests that finished in it."""
-        if batch.kind == "prefill":
-            return self._complete_prefill(batch, end_s)
-        return self._complete_decode(batch, end_s)
+        # Decode first: requests that finish their prefill in a mixed step join the running set only
+        # after this step's decode tokens are accounted for.
+        finished = self._complete_decode(batch, end_s) if batch.num_decode else []
+        if batch.reqs:
+            finished.extend(self._complete_prefill(batch, end_s))
+        return finished
 
     def _complete_prefill(self, batch: ScheduledBatch, end_s: float) -> list[ReqState]:
         finished: list[ReqState] = []
