@@ -21,6 +21,7 @@ EVERYTHING_BELOW_CLUSTER = {
     "hardware",
     "models",
     "perf",
+    "calibrate",
     "cache",
     "cache.optimizer",
     "workloads",

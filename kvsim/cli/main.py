@@ -21,6 +21,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "sim": ("kvsim.cli.sim", "simulate an SGLang server replaying a workload (bench_serving report)"),
     "step-time": ("kvsim.cli.step_time", "predict the time of one forward step of a batch"),
     "profiles": ("kvsim.cli.profiles", "list the GPU profiles and what calibrated them"),
+    "optimize": ("kvsim.cli.optimize", "trace-replay KV-cache hit rates and capacity planning"),
+    "calibrate": ("kvsim.cli.calibrate", "measure a GPU into calibration tables and install it as a profile"),
 }
 
 
