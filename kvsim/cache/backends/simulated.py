@@ -1,0 +1,173 @@
+"""The ``simulated`` backend: capacity bookkeeping only, URIs shaped like the reference's.
+
+No bytes are stored. ``create`` checks the capacity (if one is set), books the space and returns URIs
+of the shape the real storage type would produce, so clients and traces see realistic locations:
+
+=============  =====================================================================================
+type            URI for storage key ``inst/tp0/7b`` (blocks packed ``key_count_per_file`` to a file)
+=============  =====================================================================================
+NFS (file)      ``file://<name><root_path>inst/tp0/7b?size=1024`` (one per file);
+                with several blocks per file ``...7b_<hash>?blkid=<i>&size=1024``
+3FS / VCNS      ``hf3fs://<name>/<mountpoint>/<root_dir>/inst/tp0/7b[_<hash>]?[blkid=<i>&]size=1024``
+Mooncake        ``mooncake://<name>/?key=inst/tp0/7b&size=1024``
+TairMemPool     ``pace://<name>/<offset>?media_type=mem&node_id=0&range_id=0&size=1024``
+=============  =====================================================================================
+
+The file-name hash of a multi-block file is the first 8 bytes of BLAKE2b over the joined storage keys
+(the reference uses an XXH3 preview variant; only the shape matters here).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+from collections.abc import Callable, Mapping, Sequence
+
+from kvsim.cache.backends.base import (
+    BackendError,
+    StorageBackend,
+    StorageFullError,
+    format_uri,
+)
+from kvsim.cache.types import (
+    MooncakeStorageSpec,
+    NfsStorageSpec,
+    StorageConfig,
+    TairMemPoolStorageSpec,
+    ThreeFSStorageSpec,
+    VcnsThreeFSStorageSpec,
+)
+
+
+def _file_hash(keys: Sequence[str]) -> str:
+    digest = hashlib.blake2b("|".join(keys).encode("utf-8"), digest_size=8).digest()
+    return digest.hex()
+
+
+class SimulatedBackend(StorageBackend):
+    """A storage that only counts bytes.
+
+    Args:
+        config: the storage configuration (any supported spec).
+        capacity_bytes: total bytes it can hold; None for unlimited.
+    """
+
+    def __init__(self, config: StorageConfig, capacity_bytes: int | None = None) -> None:
+        spec = config.spec
+        if spec is None or not isinstance(
+            spec,
+            NfsStorageSpec
+            | ThreeFSStorageSpec
+            | VcnsThreeFSStorageSpec
+            | MooncakeStorageSpec
+            | TairMemPoolStorageSpec,
+        ):
+            raise BackendError(
+                f"storage {config.global_unique_name!r}: unsupported storage type {config.type_name}"
+            )
+        if capacity_bytes is not None and capacity_bytes < 0:
+            raise BackendError(f"capacity_bytes: must be >= 0, got {capacity_bytes}")
+        super().__init__(config)
+        self.capacity_bytes = capacity_bytes
+        self.used_bytes = 0
+        # uri -> bytes of its block. The same storage key can be allocated twice (a key written into two
+        # locations) and then shares its URI; _extra counts those additional allocations.
+        self._live: dict[str, int] = {}
+        self._extra: dict[str, int] = {}
+        self._next_offset = 0
+
+    def usage_ratio(self) -> float:
+        """``used / capacity`` (0.0 when unlimited)."""
+        if not self.capacity_bytes:
+            return 0.0
+        return self.used_bytes / self.capacity_bytes
+
+    def create(self, keys: Sequence[str], size_per_key: int) -> list[str]:
+        """Book ``len(keys) * size_per_key`` bytes and return one URI per key."""
+        if not self._open:
+            raise BackendError(f"storage {self.name!r} is closed")
+        if size_per_key <= 0:
+            raise BackendError(f"size_per_key: must be > 0, got {size_per_key}")
+        need = len(keys) * size_per_key
+        if self.capacity_bytes is not None and self.used_bytes + need > self.capacity_bytes:
+            raise StorageFullError(
+                f"storage {self.name!r} is full: {need} bytes requested, "
+                f"{self.capacity_bytes - self.used_bytes} of {self.capacity_bytes} free"
+            )
+        uris = self._uris(keys, size_per_key)
+        live = self._live
+        if len(uris) == len(set(uris)) and live.keys().isdisjoint(uris):
+            live.update(dict.fromkeys(uris, size_per_key))  # the common case, at C speed
+        else:
+            for uri in uris:
+                if uri in live:
+                    self._extra[uri] = self._extra.get(uri, 0) + 1
+                else:
+                    live[uri] = size_per_key
+        self.used_bytes += need
+        return uris
+
+    def delete(self, uris: Sequence[str]) -> None:
+        """Release one allocation per URI; unknown URIs are ignored."""
+        live, extra = self._live, self._extra
+        for uri in uris:
+            size = live.get(uri)
+            if size is None:
+                continue
+            self.used_bytes -= size
+            more = extra.get(uri)
+            if more:
+                if more == 1:
+                    del extra[uri]
+                else:
+                    extra[uri] = more - 1
+            else:
+                del live[uri]
+
+    def exist(self, uris: Sequence[str]) -> list[bool]:
+        """Whether each URI is allocated."""
+        return [uri in self._live for uri in uris]
+
+    def _uris(self, keys: Sequence[str], size: int) -> list[str]:
+        spec = self._config.spec
+        name = self.name
+        if isinstance(spec, MooncakeStorageSpec):
+            return [format_uri("mooncake", name, "/", {"key": k, "size": size}) for k in keys]
+        if isinstance(spec, TairMemPoolStorageSpec):
+            out = []
+            for _ in keys:
+                params = {"media_type": "mem", "node_id": 0, "range_id": 0, "size": size}
+                out.append(format_uri("pace", name, f"/{self._next_offset}", params))
+                self._next_offset += size
+            return out
+        assert isinstance(spec, NfsStorageSpec | ThreeFSStorageSpec | VcnsThreeFSStorageSpec)
+        per_file = spec.key_count_per_file if spec.key_count_per_file > 0 else 1
+        out = []
+        for start in range(0, len(keys), per_file):
+            batch = keys[start : start + per_file]
+            file_name = batch[0] if len(batch) == 1 else f"{batch[0]}_{_file_hash(batch)}"
+            if isinstance(spec, NfsStorageSpec):
+                head = f"file://{name}{spec.root_path}{file_name}"  # plain concatenation, as the reference
+            else:
+                head = f"hf3fs://{name}/" + posixpath.join(spec.mountpoint, spec.root_dir, file_name).lstrip(
+                    "/"
+                )
+            # Parameters in key order, as format_uri writes them: blkid < size.
+            if per_file > 1:
+                out.extend(f"{head}?blkid={blkid}&size={size}" for blkid in range(len(batch)))
+            else:
+                out.append(f"{head}?size={size}")
+        return out
+
+
+def simulated_backend_factory(
+    capacities: Mapping[str, int] | None = None,
+    default_capacity: int | None = None,
+) -> Callable[[StorageConfig], SimulatedBackend]:
+    """Return a backend factory giving each storage its capacity (by name, else ``default_capacity``)."""
+    table = dict(capacities or {})
+
+    def factory(config: StorageConfig) -> SimulatedBackend:
+        return SimulatedBackend(config, table.get(config.global_unique_name, default_capacity))
+
+    return factory
