@@ -56,7 +56,7 @@ def test_wheel_installs_and_runs_elsewhere(tmp_path: Path) -> None:
     (Path(target) / "borrowed.pth").write_text("\n".join(deps) + "\n")
     # The fresh interpreter runs pip (borrowed), so the `kvsim` script points at it.
     subprocess.run(
-        [str(python), "-m", "pip", "install", "--no-deps", "-q", str(wheels[0])],
+        [str(python), "-m", "pip", "install", "--no-deps", "--ignore-installed", "-q", str(wheels[0])],
         check=True,
         capture_output=True,
     )
