@@ -1,16 +1,23 @@
-"""The roofline step-time predictor: breakdown invariants, exact roofline values, bad input."""
+"""The roofline step-time predictor: breakdown invariants, exact roofline values, bad input.
+
+These tests pin the plain roofline, so they run on the H20 profile with every family switched to
+``roofline`` (the bundled H20 profile is served by fitted parameters; see test_calibrated.py).
+"""
 
 from __future__ import annotations
 
 import pytest
 
 from kvsim.core.errors import UserInputError
+from kvsim.hardware import load_profile
 from kvsim.perf import OP_NAMES, Deployment, StepTimePredictor, parse_batch_spec
+
+H20_ROOFLINE = load_profile("H20").roofline_only()
 
 
 @pytest.fixture(scope="module")
 def h20() -> StepTimePredictor:
-    return StepTimePredictor(Deployment.create("Qwen3-8B", "H20"))
+    return StepTimePredictor(Deployment.create("Qwen3-8B", H20_ROOFLINE))
 
 
 def test_ops_sum_to_step_time(h20: StepTimePredictor) -> None:
@@ -19,6 +26,7 @@ def test_ops_sum_to_step_time(h20: StepTimePredictor) -> None:
     assert sum(result.ops.values()) == result.step_time_ms
     assert set(result.sources.values()) == {"roofline"}
     assert result.profile == "H20"
+    assert result.step_time_ms_range == (result.step_time_ms, result.step_time_ms)
 
 
 def test_decode_gemm_is_memory_bound(h20: StepTimePredictor) -> None:
@@ -38,14 +46,14 @@ def test_prefill_gemm_is_compute_bound(h20: StepTimePredictor) -> None:
 
 
 def test_fp8_weights_speed_up_prefill_gemms() -> None:
-    bf16 = StepTimePredictor(Deployment.create("Qwen3-8B", "H20")).predict([(8192, 0)])
-    fp8 = StepTimePredictor(Deployment.create("Qwen3-8B-FP8", "H20")).predict([(8192, 0)])
+    bf16 = StepTimePredictor(Deployment.create("Qwen3-8B", H20_ROOFLINE)).predict([(8192, 0)])
+    fp8 = StepTimePredictor(Deployment.create("Qwen3-8B-FP8", H20_ROOFLINE)).predict([(8192, 0)])
     assert fp8.ops["gate_up_proj"] == pytest.approx(bf16.ops["gate_up_proj"] / 2, rel=1e-12)
     assert fp8.ops["attention"] == bf16.ops["attention"]
 
 
 def test_tp_adds_allreduce() -> None:
-    result = StepTimePredictor(Deployment.create("Qwen3-32B", "H20", tp=2)).predict([(1, 100)] * 8)
+    result = StepTimePredictor(Deployment.create("Qwen3-32B", H20_ROOFLINE, tp=2)).predict([(1, 100)] * 8)
     nbytes = 2 * 64 * 8 * 5120 * 2 + 8 * 151936 * 2
     expected = (2 * 1 / 2 * nbytes / 450e9 + 129 * 10e-6) * 1e3
     assert result.ops["allreduce"] == pytest.approx(expected, rel=1e-12)

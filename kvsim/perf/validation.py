@@ -1,0 +1,213 @@
+"""Validation data and error measures for the step-time predictor (used by the fitting and report scripts).
+
+Two kinds of held-out error, per op family:
+
+- **table leave-one-out**: drop one row of a measured table, predict it by interpolating the rest with
+  exactly the predictor's lookup (:mod:`kvsim.perf.calibration`), compare;
+- **fitted-model held-out error**: refit the family model without the row (leave-one-out on small tables)
+  or without a tenth of the rows (10-fold cross-validation on the 5k-8k-row AIConfigurator tables), then
+  predict the held-out rows.
+
+Errors are relative (``predicted / measured - 1``); summaries report the median of their absolute values
+and the 90th percentile. The third-party H20-3e tables are read from ``../shared`` and never copied:
+:func:`aic_tables` returns them filtered to the dtypes kvsim models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kvsim.hardware.tables import Table
+from kvsim.perf.calibration import Guide, table_points
+from kvsim.perf.interp import GroupedTable, leave_one_out
+
+#: AIConfigurator dtype labels -> kvsim parameter keys. kvsim's fp8 checkpoints are 128x128
+#: block-quantized, which AIConfigurator's SGLang collector calls ``fp8_block``.
+AIC_GEMM_DTYPES = {"float16": "bf16", "fp8_block": "fp8"}
+#: (attention dtype, KV-cache dtype) -> kvsim KV key; attention runs in 16 bit in both.
+AIC_ATTENTION_DTYPES = {("float16", "float16"): "bf16", ("float16", "fp8"): "fp8"}
+AIC_DIR = Path("data") / "third_party" / "aic-h20-3e-sglang-0.5.1.post1"
+
+
+@dataclass(frozen=True)
+class ErrorSummary:
+    """Median and 90th percentile of absolute relative errors over ``rows`` rows."""
+
+    median: float
+    p90: float
+    rows: int
+
+    @classmethod
+    def of(cls, errors: Iterable[float | None]) -> ErrorSummary:
+        """Summarize relative errors (``None`` entries, rows that could not be predicted, are skipped)."""
+        values = np.abs(np.array([e for e in errors if e is not None], dtype=float))
+        if values.size == 0:
+            return cls(float("nan"), float("nan"), 0)
+        return cls(float(np.median(values)), float(np.percentile(values, 90)), int(values.size))
+
+    def as_dict(self) -> dict[str, Any]:
+        """Rounded mapping for YAML and JSON."""
+        return {"median_rel_err": round(self.median, 4), "p90_rel_err": round(self.p90, 4), "rows": self.rows}
+
+
+def table_loo(table: Table, default_backend: str = "unknown") -> dict[tuple[Any, ...], list[float | None]]:
+    """Leave-one-out relative errors of every row of ``table``, per lookup key."""
+    return {key: leave_one_out(points) for key, points in table_points(table, default_backend).items()}
+
+
+def guided_table_loo(
+    table: Table, guide_for: Callable[[int], Guide | None], default_backend: str = "unknown"
+) -> list[float | None]:
+    """Leave-one-out of a model-guided table, the guide refitted without the held-out row.
+
+    ``guide_for(i)`` returns the per-row guide fitted on every row but ``i`` (``None``: unguided).
+    Rows the predictor never reads (non-causal prefill) and rows alone under their key give ``None``.
+    """
+    errors: list[float | None] = []
+    for index, row in enumerate(table.rows):
+        guide = guide_for(index)
+        target = table_points(Table(table.family, table.path, table.columns, (row,)), default_backend, guide)
+        if not target:
+            errors.append(None)
+            continue
+        ((key, (point,)),) = target.items()
+        rest_rows = table.rows[:index] + table.rows[index + 1 :]
+        rest = table_points(Table(table.family, table.path, table.columns, rest_rows), default_backend, guide)
+        if key not in rest:
+            errors.append(None)
+            continue
+        g, x, w, t = point[:4]
+        guide_value = point[4] if len(point) == 5 else None
+        errors.append(GroupedTable(rest[key])(g, x, w, guide_value) / t - 1.0)
+    return errors
+
+
+def flatten(errors_by_key: dict[Any, list[float | None]]) -> list[float | None]:
+    """All errors of a per-key mapping in one list."""
+    return [error for errors in errors_by_key.values() for error in errors]
+
+
+# ---- the third-party H20-3e tables -------------------------------------------------------------------------
+
+
+def shared_root(repo: Path) -> Path:
+    """Where the shared data folder sits beside a checkout (``<repo>/../shared``)."""
+    return repo.resolve().parent / "shared"
+
+
+def aic_tables(shared: Path) -> dict[str, Any]:
+    """The H20-3e GEMM, context- and generation-attention tables, filtered to the dtypes kvsim models.
+
+    Raises ``FileNotFoundError`` naming the missing file when ``shared`` lacks them.
+    """
+    import pandas as pd
+
+    folder = shared / AIC_DIR
+    frames = {}
+    for name in ("gemm_perf", "context_attention_perf", "generation_attention_perf"):
+        path = folder / f"{name}.csv"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing (the AIConfigurator H20-3e tables in ../shared)")
+        frames[name] = pd.read_csv(path)
+    gemm = frames["gemm_perf"]
+    gemm = gemm[gemm.gemm_dtype.isin(list(AIC_GEMM_DTYPES))].assign(
+        key=lambda d: d.gemm_dtype.map(AIC_GEMM_DTYPES)
+    )
+    out: dict[str, Any] = {"gemm": gemm.reset_index(drop=True)}
+    for name, family in (("context_attention_perf", "prefill"), ("generation_attention_perf", "decode")):
+        frame = frames[name]
+        keys = [
+            AIC_ATTENTION_DTYPES.get((a, k))
+            for a, k in zip(frame.attn_dtype, frame.kv_cache_dtype, strict=True)
+        ]
+        frame = frame.assign(key=keys)
+        out[family] = frame[frame.key.notna()].reset_index(drop=True)
+    return out
+
+
+def gemm_arrays(
+    frame: Any, key: str, peak: float, bw: float, latency: str = "latency"
+) -> tuple[dict, np.ndarray]:
+    """Fit data of GEMM rows with parameter key ``key`` (``latency`` column in ms)."""
+    rows = frame[frame.key == key] if "key" in frame else frame
+    data = {
+        "m": rows.m.to_numpy(float),
+        "n": rows.n.to_numpy(float),
+        "k": rows.k.to_numpy(float),
+        "dtype": key,
+        "peak": peak,
+        "bw": bw,
+    }
+    return data, rows[latency].to_numpy(float) * 1e-3
+
+
+def prefill_arrays(frame: Any, key: str, peak: float, bw: float) -> tuple[dict, np.ndarray]:
+    """Fit data of AIConfigurator context-attention rows (causal, no prefix)."""
+    rows = frame[frame.key == key]
+    batch, isl = rows.batch_size.to_numpy(float), rows.isl.to_numpy(float)
+    data = {
+        "pairs": batch * isl * (isl + 1) / 2,
+        "tokens": batch * isl,
+        "context": batch * isl,
+        "heads": rows.num_heads.to_numpy(float),
+        "kv_heads": rows.num_key_value_heads.to_numpy(float),
+        "head_dim": rows.head_dim.to_numpy(float),
+        "act_bytes": 2.0,
+        "kv_bytes": 1.0 if key == "fp8" else 2.0,
+        "peak": peak,
+        "bw": bw,
+        "isl": isl,
+    }
+    return data, rows.latency.to_numpy(float) * 1e-3
+
+
+def decode_arrays(frame: Any, key: str, peak: float, bw: float) -> tuple[dict, np.ndarray]:
+    """Fit data of AIConfigurator generation-attention rows (``step`` cached tokens plus the new one)."""
+    rows = frame[frame.key == key]
+    batch = rows.batch_size.to_numpy(float)
+    length = rows.step.to_numpy(float) + 1.0
+    data = {
+        "batch": batch,
+        "context": batch * length,
+        "heads": rows.num_heads.to_numpy(float),
+        "kv_heads": rows.num_key_value_heads.to_numpy(float),
+        "head_dim": rows.head_dim.to_numpy(float),
+        "act_bytes": 2.0,
+        "kv_bytes": 1.0 if key == "fp8" else 2.0,
+        "peak": peak,
+        "bw": bw,
+        "length": length,
+    }
+    return data, rows.latency.to_numpy(float) * 1e-3
+
+
+def gemm_bound(data: dict, peak: float, bw: float) -> np.ndarray:
+    """True where a GEMM row is compute-bound (arithmetic intensity above the ridge point)."""
+    from kvsim.perf.families import gemm_bytes
+
+    intensity = (
+        2 * data["m"] * data["n"] * data["k"] / gemm_bytes(data["m"], data["n"], data["k"], data["dtype"])
+    )
+    return intensity > peak / bw
+
+
+__all__ = [
+    "AIC_ATTENTION_DTYPES",
+    "AIC_DIR",
+    "AIC_GEMM_DTYPES",
+    "ErrorSummary",
+    "aic_tables",
+    "decode_arrays",
+    "flatten",
+    "gemm_arrays",
+    "gemm_bound",
+    "guided_table_loo",
+    "prefill_arrays",
+    "shared_root",
+    "table_loo",
+]
