@@ -189,6 +189,7 @@ def run_experiment(
 ) -> SimResult:
     """Simulate one resolved experiment config; deterministic for a given config."""
     server_cfg = dict(config.get("server") or {})
+    args = _server_args(server_cfg)
     deployment = Deployment.create(
         config["model"],
         config["gpu"],
@@ -196,8 +197,9 @@ def run_experiment(
         server_cfg.get("dtype") or "auto",
         server_cfg.get("quantization"),
         server_cfg.get("kv_cache_dtype") or "auto",
+        cuda_graph_max_bs=args.cuda_graph_max_bs,
     )
-    server = resolve_server(_server_args(server_cfg), deployment)
+    server = resolve_server(args, deployment)
     wl_cfg = dict(config.get("workload") or {})
     max_concurrency = wl_cfg.pop("max_concurrency", None)
     if max_concurrency is not None and int(max_concurrency) <= 0:

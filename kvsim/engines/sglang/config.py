@@ -112,17 +112,6 @@ def default_chunked_prefill_size(gpu_memory_gib: float) -> int:
     return 16384
 
 
-def default_cuda_graph_max_bs(gpu_memory_gib: float, tp: int) -> int:
-    """SGLang's default largest CUDA-graph batch by GPU memory and TP degree."""
-    if gpu_memory_gib < 20:
-        return 8
-    if gpu_memory_gib < 35:
-        return 16 if tp < 4 else 80
-    if gpu_memory_gib < 60:
-        return 80 if tp < 4 else 160
-    return 256 if tp < 4 else 512
-
-
 def _check_positive(name: str, value: float | None) -> None:
     if value is not None and value <= 0:
         raise UserInputError(f"--{name.replace('_', '-')}: must be > 0, got {value}")
@@ -193,5 +182,6 @@ def resolve_server(args: ServerArgs, deployment: Deployment) -> ResolvedServer:
         chunked_prefill_size=chunk,
         mem_fraction_static=mem_fraction,
         context_len=context_len,
-        cuda_graph_max_bs=args.cuda_graph_max_bs or default_cuda_graph_max_bs(gpu_gib, deployment.tp),
+        # The predictor owns SGLang's CUDA-graph sizing (kvsim.perf.cuda_graph); echo what it uses.
+        cuda_graph_max_bs=deployment.cuda_graph_max_bs or 0,
     )
