@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "profiles": ("kvsim.cli.profiles", "list the GPU profiles and what calibrated them"),
     "optimize": ("kvsim.cli.optimize", "trace-replay KV-cache hit rates and capacity planning"),
     "calibrate": ("kvsim.cli.calibrate", "measure a GPU into calibration tables and install it as a profile"),
+    "serve": ("kvsim.cli.serve", "run the KVCM-compatible cache service (gRPC + HTTP)"),
 }
 
 

@@ -9,11 +9,17 @@ Variables read here:
     Extra folders holding user GPU profiles (``<folder>/<NAME>/profile.yaml``), separated by
     :data:`os.pathsep`. When unset, user profiles live in ``$XDG_CONFIG_HOME/kvsim/profiles`` (by default
     ``~/.config/kvsim/profiles``).
+
+Settings of ``kvsim serve``
+    Each dotted key of ``kvsim.serve.config`` (``kvcm.service.rpc_port``, ``kvsim.data_dir``, ...) under its
+    own name or its UPPER_SNAKE form (``KVCM_SERVICE_RPC_PORT``, ``KVSIM_DATA_DIR``); see
+    :func:`env_settings`.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 PROFILE_PATH_VAR = "KVSIM_PROFILE_PATH"
@@ -52,3 +58,20 @@ def profile_search_dirs() -> list[Path]:
     if listed:
         return listed
     return [user_config_dir() / "profiles"]
+
+
+def env_settings(keys: Iterable[str]) -> dict[str, str]:
+    """The values the environment gives for dotted setting ``keys`` (``kvcm.service.rpc_port``).
+
+    A key is looked up under its own dotted name first and then under its UPPER_SNAKE form
+    (``KVCM_SERVICE_RPC_PORT``); unset or empty variables are left out. Used by ``kvsim serve``, whose
+    precedence is defaults < config file < environment < flags.
+    """
+    found: dict[str, str] = {}
+    for key in keys:
+        for name in (key, key.replace(".", "_").upper()):
+            value = env_str(name)
+            if value is not None:
+                found[key] = value
+                break
+    return found
