@@ -26,7 +26,9 @@ Eviction
     node left with no tier and no children is removed). Victims are taken in the order of an
     :class:`EvictionPolicy` - a tiny object whose ``priority(node)`` tuple sorts ascending, ending with
     the node id so ties break deterministically (ids come from a per-tree counter). LRU (default),
-    LFU and FIFO ship here; more can be registered by name.
+    LFU and FIFO ship here; more can be registered by name. ``exclude_tiers`` passes over candidates
+    present in other tiers (e.g. free host copies only where no device copy exists), and ``on_victim``
+    lets a caller copy each victim to another tier before it is cleared (a write-back cache).
 
     Candidate sets are maintained incrementally (each node carries a bitmask of the candidate sets it
     belongs to) and each set has a lazy min-heap: entries are pushed when a node becomes a candidate or
@@ -554,6 +556,9 @@ class RadixTree:
         num_blocks: int,
         tier: str | None = None,
         policy: str | EvictionPolicy | None = None,
+        *,
+        exclude_tiers: Sequence[str] = (),
+        on_victim: Callable[[RadixNode], None] | None = None,
     ) -> EvictResult:
         """Evict at least ``num_blocks`` blocks (whole nodes) from unlocked leaves, in policy order.
 
@@ -563,6 +568,13 @@ class RadixTree:
                 hold it while none of their children do; such a node is removed once it has no tier
                 and no children left.
             policy: victim order for this call; defaults to the tree's policy.
+            exclude_tiers: candidates present in any of these tiers are passed over (they stay
+                candidates for later calls), e.g. ``evict(n, tier="host", exclude_tiers=("device",))``
+                frees host copies only where no device copy exists.
+            on_victim: called with each victim just before its tier is cleared (or it is removed), so a
+                caller can copy it elsewhere first, e.g. ``add_tier(node, "host")`` before a device
+                eviction (a node left with a tier is not removed). It may add tiers to the victim and
+                evict *other* tiers, but must not lock, remove or evict the victim, nor evict ``tier``.
 
         Returns:
             The number of blocks evicted and the victims in order.
@@ -570,6 +582,8 @@ class RadixTree:
         if num_blocks <= 0:
             return EvictResult(0, ())
         b = 0 if tier is None else 1 + self._tier(tier)
+        exclude = self.tier_mask(*exclude_tiers) if exclude_tiers else 0
+        passed_over: dict[int, tuple[Any, RadixNode]] = {}  # node id -> (priority, node)
         pol = self._policy
         if policy is not None:
             pol = make_eviction_policy(policy) if isinstance(policy, str) else policy
@@ -581,8 +595,8 @@ class RadixTree:
         evicted = 0
         while evicted < num_blocks:
             if not heap:
-                if not cand:
-                    break
+                if len(cand) <= len(passed_over):
+                    break  # nothing left but candidates this call passes over
                 # Only reachable if someone edited node stats behind the tree's back: resync.
                 heap[:] = self._heap_of(pol, cand.values())
             prio, _, node = heapq.heappop(heap)
@@ -592,6 +606,11 @@ class RadixTree:
             if current != prio:
                 heapq.heappush(heap, (current, self._next_seq(), node))
                 continue
+            if node.tiers & exclude:
+                passed_over[node.id] = (prio, node)
+                continue
+            if on_victim is not None:
+                on_victim(node)
             parent = node.parent
             assert parent is not None
             if b == 0:
@@ -604,6 +623,9 @@ class RadixTree:
             victims.append(node)
             if not shared and parent._cand >> b & 1:
                 heapq.heappush(heap, (pol.priority(parent), self._next_seq(), parent))
+        # Passed-over candidates lost their heap entry when popped: give it back so later calls see them.
+        for prio, node in passed_over.values():
+            heapq.heappush(heap, (prio, self._next_seq(), node))
         return EvictResult(evicted, tuple(victims))
 
     def remove(self, node: RadixNode) -> None:

@@ -35,6 +35,12 @@ _SERVER_FLAGS = (
     "enable_mixed_chunk",
     "disable_radix_cache",
     "sglang_version",
+    "enable_hierarchical_cache",
+    "hicache_ratio",
+    "hicache_size",
+    "hicache_write_policy",
+    "hicache_io_backend",
+    "hicache_mem_layout",
 )
 _WORKLOAD_FLAGS = (
     "dataset_name",
@@ -74,6 +80,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     server.add_argument("--enable-mixed-chunk", action="store_true", default=None)
     server.add_argument("--disable-radix-cache", action="store_true", default=None)
     server.add_argument("--sglang-version", help="SGLang version whose rules are modelled (0.5.6.post2)")
+    hicache = parser.add_argument_group("hierarchical cache (sglang.launch_server HiCache)")
+    hicache.add_argument(
+        "--enable-hierarchical-cache",
+        action="store_true",
+        default=None,
+        help="back the device KV cache with a host-memory (L2) tier",
+    )
+    hicache.add_argument("--hicache-ratio", type=float, help="host pool / device pool (default 2.0)")
+    hicache.add_argument("--hicache-size", type=int, help="host pool in GB per GPU; overrides the ratio")
+    # Choices are checked when the server resolves (kvsim.engines.sglang.config), not imported here.
+    hicache.add_argument(
+        "--hicache-write-policy", help="write_through (default), write_through_selective or write_back"
+    )
+    hicache.add_argument("--hicache-io-backend", help="kernel (default) or direct")
+    hicache.add_argument(
+        "--hicache-mem-layout", help="layer_first (default), page_first or page_first_direct"
+    )
     workload = parser.add_argument_group("workload (sglang.bench_serving)")
     workload.add_argument("--dataset-name", choices=DATASET_CHOICES)
     workload.add_argument("--dataset-path", help="trace file for --dataset-name mooncake")
@@ -95,6 +118,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--config", help="experiment YAML (sections model, gpu, server, workload, output)")
     run.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     run.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    run.add_argument(
+        "--hisim-file-aliases",
+        action="store_true",
+        help="also write request.jsonl and iteration.jsonl (HiSim's names) as copies of the logs",
+    )
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -113,6 +141,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         output["output_dir"] = args.output_dir
     if args.no_plots:
         output["plots"] = False
+    if getattr(args, "hisim_file_aliases", False):
+        output["hisim_file_aliases"] = True
     for section, body in (("server", server), ("workload", workload), ("output", output)):
         if body:
             overrides[section] = body

@@ -4,6 +4,13 @@ The driver owns time. It feeds requests to the scheduler as the client would sen
 arrivals, optionally behind ``--max-concurrency``, a semaphore over the arrival schedule exactly like
 ``bench_serving``'s: a request is *sent* when a slot frees, and its latencies count from then), asks the
 scheduler for a step, charges the predicted step time, and applies the result.
+
+With HiCache a step also carries host<->device copies (:class:`~kvsim.engines.sglang.hicache.L2Transfers`).
+A load-back runs layer by layer on its own stream and each layer's compute waits for its layer (SGLang's
+``LayerDoneCounter``); with overlap scheduling the load starts while the previous step still computes
+(it is issued when the step is scheduled), so that step's GPU time is a head start. Write-through backups
+run on their own stream and cost the step nothing; write-back backups made during an eviction are waited
+for by the scheduler, on the CPU side of the step.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from dataclasses import dataclass, field
 
 import simpy
 
+from kvsim.engines.sglang.hicache import L2Transfers
 from kvsim.engines.sglang.scheduler import ReqState, ScheduledBatch, SGLangScheduler
 from kvsim.metrics.records import RequestRecord
 from kvsim.metrics.writers import IterationLogWriter
@@ -60,6 +68,10 @@ class EngineDriver:
         self._wake: simpy.Event | None = None
         self._arrivals_done = False
         self._step_cache: dict[tuple[int, int], float] = {}
+        # HiCache: the previous step's GPU time and end (a load-back's head start), the last step's L2 cost.
+        self._prev_gpu_s = 0.0
+        self._prev_end_s = -1.0
+        self._l2_stall_s = 0.0
 
     # ---- client side ------------------------------------------------------------------------------------
     def _arrivals(self):  # type: ignore[no-untyped-def]
@@ -82,6 +94,8 @@ class EngineDriver:
 
     def _finished(self, state: ReqState) -> None:
         sched = self.scheduler
+        cached = max(state.cached_tokens, 0)
+        tiers = sched.hicache is not None  # per-tier counts only where there are tiers
         record = RequestRecord(
             request_id=state.req.request_id,
             arrival_s=state.req.arrival_s,
@@ -90,8 +104,10 @@ class EngineDriver:
             finish_s=self.env.now,
             input_len=state.input_len,
             output_len=state.output_len,
-            cached_tokens=max(state.cached_tokens, 0),
+            cached_tokens=cached,
             token_times=sched.token_times(state),
+            cached_tokens_device=cached - state.cached_host if tiers else None,
+            cached_tokens_host=state.cached_host if tiers else None,
         )
         self.stats.records.append(record)
         self._in_flight -= 1
@@ -114,10 +130,55 @@ class EngineDriver:
         args = self.scheduler.server.args
         cpu_ms = args.scheduler_cpu_base_ms + args.scheduler_cpu_per_request_us / 1e3 * batch.num_requests
         cpu_s = cpu_ms / 1e3
+        if batch.l2 is not None:
+            return self._step_time_l2_s(batch.l2, gpu_s, cpu_s)
         if args.disable_overlap_schedule:
             return gpu_s + cpu_s
         # Overlap scheduling prepares step N+1 on the CPU while the GPU runs step N.
         return max(gpu_s, cpu_s)
+
+    def _step_time_l2_s(self, l2: L2Transfers, gpu_s: float, cpu_s: float) -> float:
+        """Wall time of a HiCache step: the load-back pipelined per layer, write-back waits on the CPU side.
+
+        With ``n`` layers of compute ``C`` each and a load of ``L`` per layer that started ``H`` earlier,
+        layer ``i`` computes once layer ``i``'s copy is in: the GPU part is
+        ``max(n C, L + n C - H, n L + C - H)``.
+        """
+        overlap = not self.scheduler.server.args.disable_overlap_schedule
+        compute_s = gpu_s
+        if l2.load_layer_s > 0:
+            assert self.scheduler.hicache is not None
+            layers = self.scheduler.hicache.transfer.num_layers
+            head = self._prev_gpu_s if overlap and self.env.now == self._prev_end_s else 0.0
+            gpu_s = max(
+                compute_s,
+                compute_s + l2.load_layer_s - head,
+                layers * l2.load_layer_s + compute_s / layers - head,
+            )
+        if overlap:
+            step_s = max(gpu_s, cpu_s + l2.blocking_s)
+            self._l2_stall_s = step_s - max(compute_s, cpu_s)
+        else:
+            step_s = gpu_s + cpu_s + l2.blocking_s
+            self._l2_stall_s = step_s - (compute_s + cpu_s)
+        self._prev_gpu_s = gpu_s
+        self._prev_end_s = self.env.now + step_s
+        return step_s
+
+    def _l2_extra(self, l2: L2Transfers | None) -> dict[str, float] | None:
+        """The step's HiCache numbers for ``iterations.jsonl`` (copy times, tokens, added step time).
+
+        None for steps without host<->device traffic (most decode steps), which keeps the log lean.
+        """
+        if l2 is None or not (l2.load_tokens or l2.backup_tokens):
+            return None
+        return {
+            "l2_load_ms": l2.load_s * 1e3,
+            "l2_load_tokens": l2.load_tokens,
+            "l2_backup_ms": l2.backup_s * 1e3,
+            "l2_backup_tokens": l2.backup_tokens,
+            "l2_stall_ms": self._l2_stall_s * 1e3,
+        }
 
     def _engine(self):  # type: ignore[no-untyped-def]
         env = self.env
@@ -130,7 +191,11 @@ class EngineDriver:
                 if self._arrivals_done and not self._pending and len(self.stats.records) >= total:
                     return
                 self._wake = env.event()
-                yield self._wake
+                wakeup_s = sched.next_wakeup_s(env.now)
+                if wakeup_s is None:
+                    yield self._wake
+                else:  # an arrival, or cache the scheduler is waiting for becoming free
+                    yield self._wake | env.timeout(wakeup_s - env.now)
                 self._wake = None
                 continue
             step_s = self._step_time_s(batch)
@@ -142,6 +207,7 @@ class EngineDriver:
                     step_s * 1e3,
                     sched.num_running,
                     sched.num_waiting,
+                    self._l2_extra(batch.l2),
                 )
             self.stats.timeline.append((env.now, sched.num_running, sched.num_waiting))
             if batch.kind == "decode":

@@ -4,7 +4,9 @@ into a simulated SGLang run, and the run directory it writes.
 Resolution order, lowest first: the packaged default experiment < a ``--config`` file < explicit flags
 (or a dict of overrides from a notebook). Unknown keys are refused with the list of valid ones.
 ``run_experiment`` returns a :class:`SimResult` in memory; ``write_run`` writes ``metrics.json``,
-``requests.jsonl``, ``iterations.jsonl``, ``config.resolved.yaml``, ``run.json`` and the plots.
+``requests.jsonl``, ``iterations.jsonl``, ``config.resolved.yaml``, ``run.json`` and the plots (and, with
+``output.hisim_file_aliases``, copies of the two logs under HiSim's names ``request.jsonl`` and
+``iteration.jsonl``). With HiCache, ``metrics.json`` also gets :func:`hicache_metrics`.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from kvsim import __version__
 from kvsim.core.errors import ConfigError, UserInputError
 from kvsim.core.rng import spawn_rng
 from kvsim.engines.driver import DriverStats, EngineDriver
-from kvsim.engines.sglang.config import ResolvedServer, ServerArgs, resolve_server
+from kvsim.engines.sglang.config import HICACHE_ARGS, ResolvedServer, ServerArgs, resolve_server
+from kvsim.engines.sglang.hicache import HiCacheKVPool, TransferModel
 from kvsim.engines.sglang.scheduler import SGLangScheduler
 from kvsim.metrics import (
     ITERATIONS_FILE,
+    REQUESTS_FILE,
     IterationLogWriter,
     IterationRecord,
     RequestRecord,
@@ -62,6 +66,7 @@ SERVER_KEYS = (
     "sglang_version",
     "scheduler_cpu_base_ms",
     "scheduler_cpu_per_request_us",
+    *HICACHE_ARGS,
 )
 WORKLOAD_KEYS = (
     "dataset_name",
@@ -80,7 +85,9 @@ WORKLOAD_KEYS = (
     "mooncake_slowdown_factor",
     "seed",
 )
-OUTPUT_KEYS = ("output_dir", "plots")
+OUTPUT_KEYS = ("output_dir", "plots", "hisim_file_aliases")
+#: HiSim's names for the two logs, written as copies when ``output.hisim_file_aliases`` is set.
+HISIM_FILE_ALIASES = {REQUESTS_FILE: "request.jsonl", ITERATIONS_FILE: "iteration.jsonl"}
 
 
 def default_config() -> dict[str, Any]:
@@ -213,7 +220,10 @@ def run_experiment(
     if not workload.requests:
         raise UserInputError("the workload has no requests")
     seed = int((config.get("workload") or {}).get("seed") or 0)
-    scheduler = SGLangScheduler(server, spawn_rng(seed, "scheduler"))
+    transfer = None
+    if server.hicache is not None:
+        transfer = TransferModel.for_deployment(deployment, server.hicache, server.args.page_size)
+    scheduler = SGLangScheduler(server, spawn_rng(seed, "scheduler"), transfer)
     if workload.name == "mooncake" and 512 % server.args.page_size:
         raise UserInputError(
             f"--page-size {server.args.page_size} does not divide the Mooncake trace's 512-token blocks"
@@ -233,11 +243,33 @@ def run_experiment(
     metrics["prefill_steps"] = stats.prefill_steps
     metrics["decode_steps"] = stats.decode_steps
     metrics["max_total_tokens"] = server.max_total_tokens
+    if scheduler.hicache is not None:
+        metrics.update(hicache_metrics(records, scheduler.hicache))
     resolved = copy.deepcopy(dict(config))
     resolved["server"] = {**server_cfg, **server.to_dict(), "tp": deployment.tp}
     return SimResult(
         resolved, server, deployment, workload, records, metrics, stats, scheduler.num_retractions
     )
+
+
+def hicache_metrics(records: list[RequestRecord], pool: HiCacheKVPool) -> dict[str, Any]:
+    """HiCache's run summary: prompt shares served from cache, from host memory, and the L2 traffic.
+
+    ``prefix_cache_reused_ratio`` is HiSim's (cached prompt tokens / prompt tokens, both tiers) and
+    ``l2_hit_ratio`` its host part (prompt tokens loaded back from host / prompt tokens).
+    """
+    prompt = sum(r.input_len for r in records)
+    cached = sum(r.cached_tokens for r in records)
+    host = sum(r.cached_tokens_host or 0 for r in records)
+    return {
+        "prefix_cache_reused_ratio": cached / prompt if prompt else 0.0,
+        "l2_hit_ratio": host / prompt if prompt else 0.0,
+        "hicache_host_tokens": pool.host_tokens,
+        "l2_loaded_tokens": pool.loaded_tokens,
+        "l2_backed_up_tokens": pool.backed_up_tokens,
+        "l2_evicted_tokens": pool.host_evicted_tokens,
+        "l2_copy_source": pool.transfer.source,
+    }
 
 
 def write_run(
@@ -264,6 +296,9 @@ def write_run(
             result = run_experiment(config, iteration_log=log, on_finish=on_finish)
         write_metrics(staging, result.metrics)
         write_requests(staging, result.records, include_token_times=False)
+        if (config.get("output") or {}).get("hisim_file_aliases"):
+            for name, alias in HISIM_FILE_ALIASES.items():
+                shutil.copyfile(staging / name, staging / alias)
         (staging / "config.resolved.yaml").write_text(
             yaml.safe_dump(result.config, sort_keys=False), encoding="utf-8"
         )

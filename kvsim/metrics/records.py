@@ -35,6 +35,10 @@ class RequestRecord:
         token_times: Optional ``float64`` times at which output arrived, first token included: one
             entry per streamed chunk, i.e. one per token, or one per step under speculative decoding.
             ITL is computed from it; records without it add nothing to ITL.
+        cached_tokens_device: With a tiered prefix cache, the part of ``cached_tokens`` found in device
+            memory (L1); None when the engine has no tiers.
+        cached_tokens_host: With a tiered prefix cache, the part of ``cached_tokens`` loaded back from
+            host memory (L2); None when the engine has no tiers.
 
     Equality compares every field, ``token_times`` element-wise.
     """
@@ -48,6 +52,8 @@ class RequestRecord:
     output_len: int
     cached_tokens: int = 0
     token_times: np.ndarray | None = None
+    cached_tokens_device: int | None = None
+    cached_tokens_host: int | None = None
 
     def __post_init__(self) -> None:
         # Violations are engine bugs, so ValueError rather than UserInputError.
@@ -64,6 +70,18 @@ class RequestRecord:
             )
         if self.token_times is not None and self.token_times.ndim != 1:
             raise ValueError(f"request {self.request_id}: token_times must be one-dimensional")
+        device, host = self.cached_tokens_device, self.cached_tokens_host
+        if (device is None) != (host is None):
+            raise ValueError(f"request {self.request_id}: give both per-tier cached counts or neither")
+        if (
+            device is not None
+            and host is not None
+            and not (device >= 0 and host >= 0 and device + host == self.cached_tokens)
+        ):
+            raise ValueError(
+                f"request {self.request_id}: per-tier cached counts {device} + {host} must be >= 0 and "
+                f"add up to cached_tokens={self.cached_tokens}"
+            )
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, RequestRecord):
@@ -79,6 +97,8 @@ class RequestRecord:
             and self.input_len == other.input_len
             and self.output_len == other.output_len
             and self.cached_tokens == other.cached_tokens
+            and self.cached_tokens_device == other.cached_tokens_device
+            and self.cached_tokens_host == other.cached_tokens_host
             and (self.token_times is None or np.array_equal(self.token_times, other.token_times))
         )
 

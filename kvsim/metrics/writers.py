@@ -94,6 +94,11 @@ def _request_line(record: RequestRecord, include_token_times: bool) -> str:
     parts = [
         f'"arrival_s":{_num(record.arrival_s)}',
         f'"cached_tokens":{int(record.cached_tokens)}',
+    ]
+    device, host = record.cached_tokens_device, record.cached_tokens_host
+    if device is not None and host is not None:
+        parts += [f'"cached_tokens_device":{int(device)}', f'"cached_tokens_host":{int(host)}']
+    parts += [
         f'"finish_s":{_num(record.finish_s)}',
         f'"first_token_s":{_num(record.first_token_s)}',
         f'"input_len":{int(record.input_len)}',
@@ -115,7 +120,8 @@ def write_requests(
     """Write one JSON line per request, sorted by ``request_id``.
 
     Each line holds ``request_id``, ``arrival_s``, ``send_s``, ``first_token_s``, ``finish_s``,
-    ``input_len``, ``output_len`` and ``cached_tokens`` (prompt tokens served from the prefix cache).
+    ``input_len``, ``output_len`` and ``cached_tokens`` (prompt tokens served from the prefix cache),
+    plus ``cached_tokens_device`` and ``cached_tokens_host`` for records that carry per-tier counts.
 
     Args:
         path: The file, or a run directory (then ``requests.jsonl`` inside it).
@@ -158,6 +164,8 @@ def read_requests(path: str | os.PathLike[str]) -> list[RequestRecord]:
                 output_len=row["output_len"],
                 cached_tokens=row["cached_tokens"],
                 token_times=None if times is None else np.asarray(times, dtype=np.float64),
+                cached_tokens_device=row.get("cached_tokens_device"),
+                cached_tokens_host=row.get("cached_tokens_host"),
             )
         )
     return records

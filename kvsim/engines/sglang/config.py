@@ -3,6 +3,9 @@
 Only the arguments that change scheduling are modelled. Defaults that SGLang derives from the GPU's
 memory and the TP degree (``mem_fraction_static``, ``chunked_prefill_size``, the KV pool size and
 ``max_running_requests``) are derived the same way here and written into the run's resolved config.
+The hierarchical cache (``--enable-hierarchical-cache`` and the ``--hicache-*`` arguments) resolves into
+:class:`HiCacheSettings`: the host pool sized as SGLang's ``HostKVCache`` sizes it, and SGLang's
+corrections of unsupported layout/backend pairs applied.
 """
 
 from __future__ import annotations
@@ -36,6 +39,20 @@ PREFIX_AWARE_QUEUE_LIMIT = 128
 #: of one step hides behind the GPU work of the previous one, without it the two add up.
 SCHEDULER_CPU_BASE_MS = 1.0
 SCHEDULER_CPU_PER_REQUEST_US = 6.0
+#: HiCache choices (SGLang ``server_args.py``); the first of each is SGLang's default.
+HICACHE_WRITE_POLICIES = ("write_through", "write_through_selective", "write_back")
+HICACHE_IO_BACKENDS = ("kernel", "direct")
+HICACHE_MEM_LAYOUTS = ("layer_first", "page_first", "page_first_direct")
+#: The ServerArgs fields that configure HiCache; left out of the resolved config while it is off, so runs
+#: without it resolve to exactly the config they always did.
+HICACHE_ARGS = (
+    "enable_hierarchical_cache",
+    "hicache_ratio",
+    "hicache_size",
+    "hicache_write_policy",
+    "hicache_io_backend",
+    "hicache_mem_layout",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +74,42 @@ class ServerArgs:
     sglang_version: str = SGLANG_VERSIONS[0]
     scheduler_cpu_base_ms: float = SCHEDULER_CPU_BASE_MS
     scheduler_cpu_per_request_us: float = SCHEDULER_CPU_PER_REQUEST_US
+    enable_hierarchical_cache: bool = False
+    hicache_ratio: float = 2.0  # host pool = ratio x device pool, unless hicache_size is given
+    hicache_size: int = 0  # host pool in GB (1e9 bytes) per GPU; 0 = use hicache_ratio
+    hicache_write_policy: str = HICACHE_WRITE_POLICIES[0]
+    hicache_io_backend: str = HICACHE_IO_BACKENDS[0]
+    hicache_mem_layout: str = HICACHE_MEM_LAYOUTS[0]
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-dict form for the resolved config."""
-        return asdict(self)
+        """Plain-dict form for the resolved config (HiCache arguments only while it is enabled)."""
+        data = asdict(self)
+        if not self.enable_hierarchical_cache:
+            for key in HICACHE_ARGS:
+                del data[key]
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class HiCacheSettings:
+    """The resolved hierarchical cache: a host (L2) pool of ``host_tokens`` slots behind the device pool.
+
+    ``io_backend`` and ``mem_layout`` are the values SGLang runs with after correcting unsupported pairs.
+    """
+
+    host_tokens: int
+    write_policy: str
+    io_backend: str
+    mem_layout: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved-config entries (they replace the corresponding ``--hicache-*`` arguments)."""
+        return {
+            "hicache_host_tokens": self.host_tokens,
+            "hicache_write_policy": self.write_policy,
+            "hicache_io_backend": self.io_backend,
+            "hicache_mem_layout": self.mem_layout,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +123,7 @@ class ResolvedServer:
     mem_fraction_static: float
     context_len: int
     cuda_graph_max_bs: int = 256
+    hicache: HiCacheSettings | None = None  # None: no host tier (HiCache off, or the radix cache is)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form for ``config.resolved.yaml``'s ``server`` section."""
@@ -85,6 +135,8 @@ class ResolvedServer:
             chunked_prefill_size=self.chunked_prefill_size if self.chunked_prefill_size is not None else -1,
             cuda_graph_max_bs=self.cuda_graph_max_bs,
         )
+        if self.hicache is not None:
+            data.update(self.hicache.to_dict())
         return data
 
 
@@ -175,6 +227,7 @@ def resolve_server(args: ServerArgs, deployment: Deployment) -> ResolvedServer:
         raise UserInputError(
             f"--chunked-prefill-size {chunk} is not a multiple of --page-size {args.page_size}"
         )
+    hicache = resolve_hicache(args, pool, deployment.kv_bytes_per_token)
     return ResolvedServer(
         args=replace(args, mem_fraction_static=mem_fraction),
         max_total_tokens=pool,
@@ -184,4 +237,50 @@ def resolve_server(args: ServerArgs, deployment: Deployment) -> ResolvedServer:
         context_len=context_len,
         # The predictor owns SGLang's CUDA-graph sizing (kvsim.perf.cuda_graph); echo what it uses.
         cuda_graph_max_bs=deployment.cuda_graph_max_bs or 0,
+        hicache=hicache,
     )
+
+
+def resolve_hicache(args: ServerArgs, device_tokens: int, kv_bytes_per_token: int) -> HiCacheSettings | None:
+    """The host pool and corrected layout of ``--enable-hierarchical-cache``, or None when it is off.
+
+    Rules (SGLang ``server_args.py`` ``_handle_hicache``, ``mem_cache/hiradix_cache.py``,
+    ``mem_cache/memory_pool_host.py`` ``HostKVCache.__init__``):
+
+    - ``--disable-radix-cache`` wins: SGLang then builds a ``ChunkCache`` and no host tier.
+    - Host slots = ``hicache_size`` GB (1e9 bytes) / KV bytes per token when ``hicache_size > 0``, else
+      ``hicache_ratio`` x the device pool; rounded down to whole pages; it must exceed the device pool.
+    - ``page_first_direct`` needs the ``direct`` backend (the backend is switched), and ``direct`` cannot
+      run ``page_first`` (the layout becomes ``page_first_direct``).
+    """
+    if not args.enable_hierarchical_cache or args.disable_radix_cache:
+        return None
+    for name, value, choices in (
+        ("write-policy", args.hicache_write_policy, HICACHE_WRITE_POLICIES),
+        ("io-backend", args.hicache_io_backend, HICACHE_IO_BACKENDS),
+        ("mem-layout", args.hicache_mem_layout, HICACHE_MEM_LAYOUTS),
+    ):
+        if value not in choices:
+            raise UserInputError(f"--hicache-{name}: {value!r} is not one of {', '.join(choices)}")
+    if args.hicache_size < 0:
+        raise UserInputError(f"--hicache-size: must be >= 0 GB, got {args.hicache_size}")
+    if args.hicache_size == 0 and args.hicache_ratio <= 0:
+        raise UserInputError(f"--hicache-ratio: must be > 0, got {args.hicache_ratio}")
+    if args.hicache_size > 0:
+        host = int(args.hicache_size * 1e9 // kv_bytes_per_token)
+        source = f"--hicache-size {args.hicache_size} GB"
+    else:
+        host = int(device_tokens * args.hicache_ratio)
+        source = f"--hicache-ratio {args.hicache_ratio}"
+    host -= host % args.page_size
+    if host <= device_tokens:
+        raise UserInputError(
+            f"{source} gives a host pool of {host} tokens, not larger than the device pool of "
+            f"{device_tokens}; SGLang requires the host pool to be larger"
+        )
+    layout, backend = args.hicache_mem_layout, args.hicache_io_backend
+    if layout == "page_first_direct":
+        backend = "direct"
+    elif layout == "page_first" and backend == "direct":
+        layout = "page_first_direct"
+    return HiCacheSettings(host, args.hicache_write_policy, backend, layout)

@@ -86,13 +86,16 @@ class KVPool:
         if node is not None:
             self.tree.dec_lock(node)
 
-    def insert(self, tokens: np.ndarray, now: float, locked_len: int) -> tuple[RadixNode | None, int]:
+    def insert(
+        self, tokens: np.ndarray, now: float, locked_len: int, chunked: bool = False
+    ) -> tuple[RadixNode | None, int]:
         """Move a request's computed prefix ``tokens`` into the cache.
 
         The request holds private slots for ``tokens[locked_len:]``; the whole pages among them move to
         the tree, except duplicates of blocks another request inserted meanwhile, which are freed
         (SGLang frees such duplicate KV too). Returns the new last node and the new locked length; the
-        caller still holds private slots for any partial page beyond it.
+        caller still holds private slots for any partial page beyond it. ``chunked`` (the insert of an
+        unfinished chunk) matters only to HiCache's hit counting.
         """
         if not self.enable_prefix_cache:
             return None, 0

@@ -21,6 +21,13 @@ Rules modelled (SGLang ``managers/scheduler.py``, ``schedule_policy.py``, ``sche
   ``new_token_ratio`` is then re-estimated from decoded versus requested tokens. Otherwise the ratio
   decays each decode step towards its minimum, and resets when the server goes idle.
 
+- **HiCache** (``--enable-hierarchical-cache``, :mod:`kvsim.engines.sglang.hicache`). The pool tracks a
+  host tier; a match also returns the host-only part below the device prefix. The adder checks
+  ``max_prefill_tokens`` against the extend length without that part, then (holding the prefix lock)
+  loads it back and re-checks with the new extend length. Completed backups are noticed at each prefill
+  attempt, and each step carries its host<->device traffic
+  (:class:`~kvsim.engines.sglang.hicache.L2Transfers`).
+
 Decode steps cost O(1) Python work plus the requests that finish: per-request decode positions are
 derived from the step counter (``past = ctx0 + step - start``), never updated one by one.
 """
@@ -43,6 +50,7 @@ from kvsim.engines.sglang.config import (
     RETRACT_DECODE_STEPS,
     ResolvedServer,
 )
+from kvsim.engines.sglang.hicache import HiCacheKVPool, L2Transfers, TransferModel
 from kvsim.engines.sglang.kv_pool import KVPool
 from kvsim.engines.sglang.policy import order_waiting
 from kvsim.workloads.base import Request
@@ -65,6 +73,7 @@ class ReqState:
     """A request inside the server."""
 
     __slots__ = (
+        "cached_host",
         "cached_tokens",
         "ctx0",
         "decode_start",
@@ -73,6 +82,8 @@ class ReqState:
         "fill_len",
         "finish_step",
         "first_token_s",
+        "host_len",
+        "host_node",
         "input_len",
         "locked_len",
         "node",
@@ -98,6 +109,9 @@ class ReqState:
         self.extend_len = 0  # tokens computed this round
         self.output_done = 0
         self.cached_tokens = -1  # prefix matched at the first admission (-1: not admitted yet)
+        self.host_len = 0  # HiCache: host-only tokens matched below the device prefix this round
+        self.host_node: RadixNode | None = None
+        self.cached_host = 0  # HiCache: the part of cached_tokens loaded back from host
         self.first_token_s = -1.0
         # Output-token times: floats for tokens made by prefill steps, (start, stop) decode-step ranges.
         self.token_segments: list[float | tuple[int, int]] = []
@@ -131,6 +145,7 @@ class ScheduledBatch:
     num_tokens: int = 0
     sum_context: int = 0  # sum(past + extend)
     attention_pairs: int = 0
+    l2: L2Transfers | None = None  # HiCache traffic of the step (None without HiCache)
 
     def batch_list(self, running: RunningSet) -> list[list[int]]:
         """``[[extend_len, past_len], ...]``: prefill requests first, then decoding ones in slot order."""
@@ -224,7 +239,13 @@ class RunningSet:
 class SGLangScheduler:
     """The scheduling state of one simulated SGLang server (TP group)."""
 
-    def __init__(self, server: ResolvedServer, rng: np.random.Generator | None = None) -> None:
+    def __init__(
+        self,
+        server: ResolvedServer,
+        rng: np.random.Generator | None = None,
+        transfer: TransferModel | None = None,
+    ) -> None:
+        """``transfer`` prices HiCache's copies; it is required when ``server.hicache`` is set."""
         args = server.args
         self.policy = args.schedule_policy if not args.disable_radix_cache else "fcfs"
         if args.disable_radix_cache and args.schedule_policy in ("random", "lof"):
@@ -232,7 +253,15 @@ class SGLangScheduler:
         self.enable_mixed_chunk = args.enable_mixed_chunk
         self.rng = rng if rng is not None else np.random.Generator(np.random.PCG64(0))
         self.server = server
-        self.pool = KVPool(server.max_total_tokens, args.page_size, not args.disable_radix_cache)
+        #: the HiCache pool (also ``self.pool``), or None without HiCache
+        self.hicache: HiCacheKVPool | None = None
+        if server.hicache is None:
+            self.pool = KVPool(server.max_total_tokens, args.page_size, not args.disable_radix_cache)
+        else:
+            if transfer is None:
+                raise ValueError("transfer: a TransferModel is needed to simulate HiCache")
+            self.hicache = HiCacheKVPool(server.max_total_tokens, args.page_size, server.hicache, transfer)
+            self.pool = self.hicache
         self.page_size = args.page_size
         self.max_running_requests = server.max_running_requests
         self.max_prefill_tokens = args.max_prefill_tokens
@@ -287,6 +316,8 @@ class SGLangScheduler:
             batch = self._decode_batch()
         if batch is None:
             self.new_token_ratio = self.init_new_token_ratio
+        elif self.hicache is not None:
+            batch.l2 = self.hicache.take_transfers()
         return batch
 
     def _new_prefill_batch(self, now: float) -> ScheduledBatch | None:
@@ -297,6 +328,8 @@ class SGLangScheduler:
             self.batch_is_full = True
             return None
         pool = self.pool
+        if self.hicache is not None:
+            self.hicache.check_events(now)
         if len(self.waiting) > 1 and self.policy != "fcfs":
             self.waiting = deque(order_waiting(self.policy, list(self.waiting), pool, self.rng, now))
         reserved = self.running.reserved_output(self.decode_steps) * self.new_token_ratio
@@ -338,17 +371,25 @@ class SGLangScheduler:
             self._match(state, now)
             extend = state.full_len - state.prefix_len
             output_estimate = min(state.output_len - state.output_done, CLIP_MAX_NEW_TOKENS)
-            input_tokens = -(-extend // self.page_size) * self.page_size
+            # A HiCache host hit is not computed: it does not count against max_prefill_tokens.
+            input_tokens = -(-(extend - state.host_len) // self.page_size) * self.page_size
             if extend + output_estimate >= rem_total():
-                self.batch_is_full = True
+                self.batch_is_full = self._full_after_no_token(admitted, running_bs)
                 break
             if input_tokens >= rem_input and admitted:
                 break
             pool.lock(state.node)
             if extend + output_estimate > rem_total():
                 pool.unlock(state.node)
-                self.batch_is_full = True
+                self.batch_is_full = self._full_after_no_token(admitted, running_bs)
                 break
+            if state.host_len:
+                self._load_back(state)
+                extend = state.full_len - state.prefix_len
+                input_tokens = -(-extend // self.page_size) * self.page_size
+                if input_tokens >= rem_input and admitted:
+                    pool.unlock(state.node)
+                    break
             if rem_chunk is None or input_tokens <= rem_chunk:
                 state.extend_len = extend
                 offset += input_tokens + output_estimate
@@ -384,6 +425,24 @@ class SGLangScheduler:
             self._add_decode_part(batch)
         return batch
 
+    def _full_after_no_token(self, admitted: list[ReqState], running_bs: int) -> bool:
+        """Whether a request refused for lack of KV marks the batch full.
+
+        SGLang marks it unconditionally, except with HiCache: then only when something can be served (a
+        request admitted in this batch, or running ones), since cache locked by in-flight copies frees
+        itself without any request finishing.
+        """
+        return self.hicache is None or bool(admitted) or running_bs > 0
+
+    def next_wakeup_s(self, now: float) -> float | None:
+        """When, after ``now``, a batch could form with no new request and none finishing, or None.
+
+        Only HiCache has such events: a backup completing unlocks the cache it held.
+        """
+        if self.hicache is None or not (self.waiting or self.chunked is not None):
+            return None
+        return self.hicache.next_write_done_s(now)
+
     def _match(self, state: ReqState, now: float) -> None:
         """SGLang's ``init_next_round_input``: match the prompt (never its last token) in the cache."""
         if state.fill_len > 0:
@@ -391,9 +450,29 @@ class SGLangScheduler:
             state.prefix_len = state.fill_len
             return
         max_len = min(state.input_len, state.full_len - 1)
-        length, node = self.pool.match(state.tokens, max_len, now)
+        if self.hicache is None:
+            length, node = self.pool.match(state.tokens, max_len, now)
+        else:
+            length, node, state.host_len, state.host_node = self.hicache.match_tiers(
+                state.tokens, max_len, now
+            )
         state.prefix_len = length
         state.node = node
+
+    def _load_back(self, state: ReqState) -> None:
+        """HiCache's ``init_load_back``: bring the host hit to device; the lock moves to its last node."""
+        assert self.hicache is not None and state.host_node is not None
+        host_node, state.host_node = state.host_node, None
+        loaded = self.hicache.load_back(host_node, state.host_len)
+        state.host_len = 0
+        if not loaded:
+            return  # too short, or no device room: the host part is recomputed
+        self.pool.lock(host_node)
+        self.pool.unlock(state.node)
+        state.node = host_node
+        state.prefix_len += loaded
+        if state.cached_tokens < 0:
+            state.cached_host = loaded
 
     def _admit(self, state: ReqState) -> None:
         """A waiting request enters a prefill batch: its matched prefix is locked and counts as filled."""
@@ -524,7 +603,9 @@ class SGLangScheduler:
             state.fill_len += state.extend_len
             # Cache the computed prompt (SGLang's cache_unfinished_req); outputs are not inserted.
             prompt_done = min(state.fill_len, state.input_len)
-            node, locked = pool.insert(state.tokens[:prompt_done], end_s, state.locked_len)
+            node, locked = pool.insert(
+                state.tokens[:prompt_done], end_s, state.locked_len, state is self.chunked
+            )
             if node is not None:
                 pool.lock(node)
                 pool.unlock(state.node)
@@ -538,7 +619,7 @@ class SGLangScheduler:
             if state.first_token_s < 0:
                 state.first_token_s = end_s
             if state.output_done >= state.output_len:
-                self._finish_idle(state)
+                self._finish_idle(state, end_s)
                 finished.append(state)
                 continue
             state.ctx0 = state.fill_len
@@ -549,9 +630,11 @@ class SGLangScheduler:
             self.running.add(state)
         return finished
 
-    def _finish_idle(self, state: ReqState) -> None:
+    def _finish_idle(self, state: ReqState, end_s: float) -> None:
         """Finish a request that is not decoding (its only output came from prefill)."""
         self.pool.release(state.own_tokens_in_prefill)
+        if self.hicache is not None:
+            self.hicache.on_finish(state.node, end_s)
         self.pool.unlock(state.node)
         state.node = None
         self.batch_is_full = False
@@ -567,6 +650,8 @@ class SGLangScheduler:
             state.output_done = state.decode_start_output + steps_done
             self.running.remove(state)
             self.pool.release(state.fill_len - state.locked_len + steps_done)
+            if self.hicache is not None:
+                self.hicache.on_finish(state.node, end_s)
             self.pool.unlock(state.node)
             state.node = None
             state.finish_step = -1
