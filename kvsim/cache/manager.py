@@ -4,12 +4,14 @@ One object serves every meta and admin operation of the reference (``register_in
 ``trim_cache``, storages, groups, instances, accounts, config snapshots). It is shared by the simulator
 (in process, with a simulated clock) and by ``kvsim.serve`` (behind gRPC/HTTP, with a wall clock).
 
-Injected, never global: the :class:`~kvsim.core.Clock` (session deadlines, access times), the seeded
-``numpy.random.Generator`` (session and location ids, weighted read choice, default password salts),
-the :class:`~kvsim.cache.store.CacheStore` (registry + meta index; memory by default) and the backend
-factory (storage allocation; the capacity-only simulated backend by default). No threads: deadlines are
-acted on in :meth:`CacheManager.poll`, which the simulator calls as time advances and the service calls
-from a periodic task.
+Injected, never global: the :class:`~kvsim.core.Clock` (session deadlines, access times, deletion
+delays), the seeded ``numpy.random.Generator`` (session and location ids, weighted read choice, default
+password salts; children of it sample reclaim victims and name events), the
+:class:`~kvsim.cache.store.CacheStore` (registry + meta index; memory by default), the backend factory
+(storage allocation; the capacity-only simulated backend by default), the :class:`~kvsim.core.Timer`
+(latency metrics) and an optional :class:`~kvsim.cache.events.EventLog`. No threads: deadlines are acted
+on in :meth:`CacheManager.poll` (expired sessions, the reclaimer's water levels, delayed deletions), which
+the simulator calls as time advances and the service calls from a periodic task.
 
 Errors are :class:`~kvsim.cache.errors.CacheError` with the code a KVCM client would see. Every
 operation validates its whole input before changing anything and makes at most one store write per
@@ -29,19 +31,33 @@ from typing import Any, TypeVar
 import numpy as np
 
 from kvsim.cache import codec
+from kvsim.cache import events as ev
 from kvsim.cache.accounts import DEFAULT_ITERATIONS, AccountRecord, PasswordHasher
 from kvsim.cache.backends.base import BackendError, BackendFactory, StorageBackend
 from kvsim.cache.backends.simulated import SimulatedBackend
+from kvsim.cache.deletion import RETRY_BASE_S, DeletionQueue, Pending, retry_delay
 from kvsim.cache.errors import CacheError, ErrorCode, instance_not_exist, internal, invalid
 from kvsim.cache.meta import Change, InstanceIndex
+from kvsim.cache.metrics import Counter as MetricCounter
+from kvsim.cache.metrics import MetricsRegistry, Summary, tags_of
+from kvsim.cache.quota import (
+    Credit,
+    GroupUsage,
+    InstanceUsage,
+    check_group_quotas,
+    group_usage,
+    quota_type,
+    water_level,
+)
+from kvsim.cache.reclaim import Candidate, Reclaimer, ReclaimerConfig, Victim, policy_of
 from kvsim.cache.registry import Registry
 from kvsim.cache.selection import (
     ReadWeights,
     UniformStream,
     choose_serving,
-    quota_type,
     read_weights,
     select_write_storage,
+    write_exclusions,
 )
 from kvsim.cache.sessions import SessionTable, WriteSession
 from kvsim.cache.store.base import CacheStore, KeyRecord, StoredLocation, StoreError
@@ -90,7 +106,7 @@ from kvsim.cache.validation import (
     require_str,
     resolve_keys,
 )
-from kvsim.core import Clock
+from kvsim.core import Clock, PerfTimer, Timer
 
 DEFAULT_MAX_KEYS_PER_REQUEST = 1_000_000
 # The reference forces this timeout on a session that has nothing to write.
@@ -135,6 +151,41 @@ def _store_guard(fn: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
+def _api(api_name: str, per_instance: bool = False) -> Callable[[_F], _F]:
+    """Count and time a public operation under the reference's API name (``service.*`` metrics).
+
+    The six per-instance meta APIs (``per_instance``) are also tagged with the instance and its group,
+    as the reference does, when the request names a registered instance.
+    """
+
+    def decorate(fn: _F) -> _F:
+        @functools.wraps(fn)
+        def wrapper(self: CacheManager, *args: Any, **kwargs: Any) -> Any:
+            timer = self._timer
+            start = timer.monotonic()
+            try:
+                result = fn(self, *args, **kwargs)
+            except Exception as exc:
+                self._record_call(api_name, per_instance, args, timer.monotonic() - start, exc)
+                raise
+            self._record_call(api_name, per_instance, args, timer.monotonic() - start, None)
+            return result
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _ApiMetrics:
+    """The ``service.*`` metrics of one API (and instance): fetched once, then updated per call."""
+
+    calls: MetricCounter
+    rt_us: Summary
+    errors: MetricCounter
+    tags: tuple[tuple[str, str], ...]
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class _WritePlan:
     """Registry-derived inputs of write selection for one group (see ``CacheManager._write_plan``)."""
@@ -166,6 +217,24 @@ class _RandomText:
         return out
 
 
+def _multiset(items: Sequence[str]) -> dict[str, int]:
+    """How many times each item occurs."""
+    out: dict[str, int] = {}
+    for item in items:
+        out[item] = out.get(item, 0) + 1
+    return out
+
+
+def _children(rng: np.random.Generator, n: int) -> list[np.random.Generator]:
+    """``n`` independent generators derived from ``rng`` without drawing from it (its seed sequence
+    spawns them), so adding a consumer does not change the parent's stream."""
+    try:
+        return rng.spawn(n)
+    except (TypeError, ValueError, AttributeError):
+        # A generator built without a seed sequence cannot spawn: seed the children from its stream.
+        return [np.random.default_rng(s) for s in rng.integers(0, 2**63, size=n).tolist()]
+
+
 class CacheManager:
     """The KVCM cache manager (see the module docstring).
 
@@ -179,6 +248,11 @@ class CacheManager:
         max_keys_per_request: requests with more keys are refused (INVALID_ARGUMENT).
         salt_source: ``n -> n random bytes`` for password salts; ``rng.bytes`` when None.
         password_iterations: PBKDF2 rounds for new password hashes.
+        timer: measures call latencies for the metrics; :class:`~kvsim.core.PerfTimer` when None.
+        events: the event log (reference publisher format); None publishes nothing.
+        metrics: where metrics are recorded; a fresh :class:`MetricsRegistry` when None.
+        reclaimer: sampling, batching and period of the reclaimer; the reference's defaults when None.
+        deletion_retry_s: first back-off of a failed storage delete (doubled per failure, capped at 60 s).
     """
 
     def __init__(
@@ -191,9 +265,16 @@ class CacheManager:
         max_keys_per_request: int = DEFAULT_MAX_KEYS_PER_REQUEST,
         salt_source: Callable[[int], bytes] | None = None,
         password_iterations: int = DEFAULT_ITERATIONS,
+        timer: Timer | None = None,
+        events: ev.EventLog | None = None,
+        metrics: MetricsRegistry | None = None,
+        reclaimer: ReclaimerConfig | None = None,
+        deletion_retry_s: float = RETRY_BASE_S,
     ) -> None:
         if max_keys_per_request <= 0:
             raise ValueError(f"max_keys_per_request: must be > 0, got {max_keys_per_request}")
+        if not deletion_retry_s > 0:
+            raise ValueError(f"deletion_retry_s: must be > 0, got {deletion_retry_s}")
         self._clock = clock
         self._rng = rng
         self._uniform = UniformStream(rng)
@@ -204,8 +285,31 @@ class CacheManager:
         self._hasher = PasswordHasher(salt_source or rng.bytes, password_iterations)
         self._sessions = SessionTable()
         self._indexes: dict[str, InstanceIndex] = {}
-        # instance -> key -> location ids marked DELETING and waiting for poll() to delete them.
-        self._deletions: dict[str, dict[int, set[str]]] = {}
+        # Locations marked DELETING, waiting (until their due time) for poll() to delete them.
+        self._deletions = DeletionQueue()
+        self._retry_s = float(deletion_retry_s)
+        # Last storage-delete failure per storage (reported, and retried by the queue).
+        self.deletion_errors: dict[str, str] = {}
+        self._timer: Timer = timer if timer is not None else PerfTimer()
+        self._metrics = metrics if metrics is not None else MetricsRegistry()
+        self._api_metrics: dict[tuple[str, str, str], _ApiMetrics] = {}
+        # storage name -> (its backend, create counters): fetched once per opened backend.
+        self._create_metrics: dict[str, tuple[Any, ...]] = {}
+        self._events = events
+        # Children of the run's generator: reclaiming and event ids never shift the ids drawn above.
+        reclaim_rng, event_rng = _children(rng, 2)
+        self._event_ids = _RandomText(event_rng)
+        self._reclaimer = Reclaimer(reclaimer or ReclaimerConfig(), reclaim_rng)
+        self._reclaim_pending = False
+        self._m_get_keys = self._metrics.summary(
+            "manager.request_key_count", tags_of(api_name="GetCacheLocation")
+        )
+        self._m_write_keys = self._metrics.summary(
+            "manager.request_key_count", tags_of(api_name="StartWriteCache")
+        )
+        self._m_prefix_len = self._metrics.summary("manager.prefix_match_len")
+        self._m_gen_location = self._metrics.summary("manager.gen_write_location_us")
+        self._m_expired = self._metrics.counter("cache_manager.write_location_expire_size")
         self._weights_cache: dict[str, ReadWeights] = {}
         self._weights_epoch = (-1, -1)
         self._plans: dict[str, _WritePlan] = {}
@@ -226,6 +330,7 @@ class CacheManager:
                 # As the reference, a storage that fails to reopen is logged and left unavailable.
                 self.backend_open_errors[config.global_unique_name] = str(exc)
         self._recover_writing()
+        self._restore_backends(self._backends)
 
     # =================================================================================== plumbing
 
@@ -248,12 +353,91 @@ class CacheManager:
         return len(self._sessions)
 
     def num_pending_deletions(self) -> int:
-        """Locations marked DELETING that the next :meth:`poll` will delete."""
-        return sum(len(ids) for keys in self._deletions.values() for ids in keys.values())
+        """Locations marked DELETING and queued for deletion (due now or after their delay)."""
+        return len(self._deletions)
 
     def next_deadline(self) -> float | None:
-        """The earliest session deadline, or None; a simulator may schedule its next ``poll`` there."""
-        return self._sessions.next_deadline()
+        """When :meth:`poll` next has work, or None: the earliest session deadline, queued deletion, or
+        (when the last reclaim round found a group over its water level) the next reclaim round. A
+        simulator may schedule its next ``poll`` there."""
+        times = [self._sessions.next_deadline(), self._deletions.next_due()]
+        if self._reclaim_pending:
+            times.append(self._reclaimer.next_round)
+        due = [t for t in times if t is not None]
+        return min(due) if due else None
+
+    @property
+    def events(self) -> ev.EventLog | None:
+        """The event log, if one was given."""
+        return self._events
+
+    def metrics(self) -> MetricsRegistry:
+        """Refresh the interval gauges (storage health and usage, group usage ratio, per-instance key
+        counts and bytes, queue length) and return the metrics registry."""
+        m = self._metrics
+        for name, backend in self._backends.items():
+            tags = tags_of(type=backend.config.type_name, unique_name=name)
+            m.gauge("data_storage.healthy_status", tags).set(1.0 if backend.available() else 0.0)
+            m.gauge("data_storage.storage_usage_ratio", tags).set(backend.usage_ratio())
+        total_keys = total_bytes = 0
+        for group in self._registry.groups.values():
+            ids = self._registry.instance_ids_of_group(group.name)
+            usage = self._group_usage(group, ids)
+            capacity = group.quota.capacity
+            ratio = usage.used_bytes / capacity if capacity > 0 else 0.0
+            m.gauge("cache_manager_group.usage_ratio", tags_of(instance_group=group.name)).set(ratio)
+            for inst in usage.instances:
+                tags = tags_of(instance_group=group.name, instance_id=inst.instance_id)
+                size = sum(inst.type_bytes.values())
+                m.gauge("cache_manager_instance.key_count", tags).set(inst.key_count)
+                m.gauge("cache_manager_instance.byte_size", tags).set(size)
+                total_keys += inst.key_count
+                total_bytes += size
+        m.gauge("meta_indexer.total_key_count").set(total_keys)
+        m.gauge("meta_indexer.total_cache_usage").set(total_bytes)
+        m.gauge("schedule_plan_executor.waiting_task_count").set(len(self._deletions))
+        return m
+
+    def _record_call(
+        self, api_name: str, per_instance: bool, args: tuple[Any, ...], seconds: float, exc: Exception | None
+    ) -> None:
+        """Update the ``service.*`` metrics of one call (see :func:`_api`)."""
+        instance_id = group_name = ""
+        if per_instance and args:
+            candidate = getattr(args[0], "instance_id", None)
+            info = self._registry.instances.get(candidate) if isinstance(candidate, str) else None
+            if info is not None:
+                instance_id, group_name = info.instance_id, info.instance_group_name
+        key = (api_name, instance_id, group_name)
+        handles = self._api_metrics.get(key)
+        if handles is None:
+            if instance_id:
+                tags = tags_of(api_name=api_name, instance_group=group_name, instance_id=instance_id)
+            else:
+                tags = tags_of(api_name=api_name)
+            m = self._metrics
+            handles = _ApiMetrics(
+                m.counter("service.query_counter", tags),
+                m.summary("service.query_rt_us", tags),
+                m.counter("service.error_counter", tags),
+                tags,
+            )
+            self._api_metrics[key] = handles
+        handles.calls.inc()
+        handles.rt_us.observe(seconds * 1e6)
+        if exc is not None:
+            handles.errors.inc()
+            code = exc.code.name if isinstance(exc, CacheError) else ErrorCode.UNKNOWN_ERROR.name
+            self._metrics.counter(
+                "service.error_code", tuple(sorted((*handles.tags, ("error_code", code))))
+            ).inc()
+
+    def _publish(self, kind: str, source: str, component: str, now: float, fields: dict[str, Any]) -> None:
+        """Append one event (the caller checked that an event log is set)."""
+        assert self._events is not None
+        record = ev.base_record(self._event_ids.take(32), source, component, kind, now)
+        record.update(fields)
+        self._events.publish(record)
 
     def _index(self, instance_id: str) -> InstanceIndex:
         index = self._indexes.get(instance_id)
@@ -301,6 +485,7 @@ class CacheManager:
 
     # =================================================================================== instances
 
+    @_api("RegisterInstance")
     @_store_guard
     def register_instance(self, request: RegisterInstanceRequest) -> RegisterInstanceResult:
         """Register an instance (idempotent for an identical registration).
@@ -393,6 +578,7 @@ class CacheManager:
         ]
         return json.dumps(configs, separators=_COMPACT)
 
+    @_api("GetInstanceInfo")
     def get_instance_info(self, request: GetInstanceInfoRequest) -> GetInstanceInfoResult:
         """Look up an instance.
 
@@ -406,6 +592,7 @@ class CacheManager:
             raise instance_not_exist(instance_id)
         return GetInstanceInfoResult(info.instance_group_name, info)
 
+    @_api("ListInstanceInfo")
     def list_instance_info(self, instance_group_name: str = "") -> tuple[InstanceInfo, ...]:
         """Instances of a group sorted by id; an empty name lists every instance (kvsim extension: the
         reference refuses an empty name). An unknown group gives an empty tuple."""
@@ -417,6 +604,7 @@ class CacheManager:
             ids = sorted(self._registry.instances)
         return tuple(self._registry.instances[i] for i in ids)
 
+    @_api("RemoveInstance")
     @_store_guard
     def remove_instance(self, instance_id: str, instance_group: str = "") -> TrimCacheResult:
         """Unregister an instance and delete all of its cache (as TrimCache TS_REMOVE_ALL_CACHE).
@@ -447,6 +635,7 @@ class CacheManager:
 
     # =================================================================================== reads
 
+    @_api("GetCacheLocation", per_instance=True)
     @_store_guard
     def get_cache_location(self, request: GetCacheLocationRequest) -> GetCacheLocationResult:
         """Find cached blocks; only SERVING locations are ever returned.
@@ -486,6 +675,8 @@ class CacheManager:
         weights = self._weights(info)
         now = self._clock.now()
         uniform = self._uniform
+        all_keys = keys
+        self._m_get_keys.observe(n)
         locations: list[CacheLocation]
         if qt == QueryType.QT_PREFIX_MATCH:
             if mask is not None:
@@ -502,6 +693,7 @@ class CacheManager:
                     break
                 locations.append(loc.location)
             index.touch(keys[: len(locations)], now)
+            self._m_prefix_len.observe(len(locations))
         elif qt == QueryType.QT_BATCH_GET:
             hole = self._placeholder(info)
             locations = []
@@ -523,6 +715,22 @@ class CacheManager:
                 )
                 for loc in locations
             ]
+        if self._events is not None:
+            self._publish(
+                ev.GET,
+                info.instance_id,
+                ev.MANAGER,
+                now,
+                {
+                    "trace_id": request.trace_id,
+                    "query_type": ev.QUERY_TYPE_NAMES[QueryType(qt)],
+                    "keys": list(all_keys),
+                    "tokens": ev.int_list(request.token_ids),
+                    "block_mask": ev.mask_json(mask),
+                    "sw_size": int(request.sw_size),
+                    "location_spec_names": list(request.location_spec_names),
+                },
+            )
         return GetCacheLocationResult(tuple(locations))
 
     def _sliding_window(
@@ -575,6 +783,7 @@ class CacheManager:
                 )
         return frozenset(checked)
 
+    @_api("GetCacheMeta", per_instance=True)
     @_store_guard
     def get_cache_meta(self, request: GetCacheMetaRequest) -> GetCacheMetaResult:
         """Inspect keys: for each unmasked key its first location (any status) and a JSON meta
@@ -602,6 +811,7 @@ class CacheManager:
 
     # =================================================================================== writes
 
+    @_api("StartWriteCache", per_instance=True)
     @_store_guard
     def start_write_cache(self, request: StartWriteCacheRequest) -> StartWriteCacheResult:
         """Phase 1 of a write: allocate WRITING locations for the keys that are not cached.
@@ -660,11 +870,13 @@ class CacheManager:
         else:
             mask = BlockMask(bool_masks=tuple(exists))
             new_pos = [i for i, e in enumerate(exists) if not e]
+        self._m_write_keys.observe(n)
         session_id = self._new_session_id()
         if not new_pos:
             self._sessions.add(
                 WriteSession(session_id, info.instance_id, (), (), now + EMPTY_SESSION_TIMEOUT_S)
             )
+            self._publish_start(request, info, keys, session_id, mask, timeout, now)
             return StartWriteCacheResult(session_id, mask, ())
 
         new_keys = [keys[i] for i in new_pos]
@@ -683,7 +895,9 @@ class CacheManager:
             )
         backend = self._select_write_backend(group)
         per_block = [block_specs[i] for i in new_pos] if block_specs is not None else None
+        started = self._timer.monotonic()
         spec_lists, allocated = self._allocate(info, backend, new_keys, per_block, spec_count)
+        self._m_gen_location.observe((self._timer.monotonic() - started) * 1e6)
 
         sizes = [s.size for s in info.location_spec_infos]
         full_size = sum(sizes)
@@ -733,7 +947,37 @@ class CacheManager:
         self._sessions.add(
             WriteSession(session_id, info.instance_id, tuple(new_keys), tuple(loc_ids), now + timeout)
         )
+        self._publish_start(request, info, keys, session_id, mask, timeout, now)
         return StartWriteCacheResult(session_id, mask, tuple(locations))
+
+    def _publish_start(
+        self,
+        request: StartWriteCacheRequest,
+        info: InstanceInfo,
+        keys: list[int],
+        session_id: str,
+        mask: BlockMask,
+        timeout: int,
+        now: float,
+    ) -> None:
+        """The StartWriteCache event (its ``block_mask`` is the response's: keys already cached)."""
+        if self._events is None:
+            return
+        self._publish(
+            ev.START,
+            info.instance_id,
+            ev.MANAGER,
+            now,
+            {
+                "trace_id": request.trace_id,
+                "write_session_id": session_id,
+                "keys": list(keys),
+                "tokens": ev.int_list(request.token_ids),
+                "block_mask": ev.mask_json(mask),
+                "location_spec_group_names": list(request.location_spec_group_names),
+                "write_timeout_seconds": timeout,
+            },
+        )
 
     def _new_session_id(self) -> str:
         while True:
@@ -781,13 +1025,28 @@ class CacheManager:
             for t, b in idx.usage_bytes.items():
                 qt = quota_type(t)
                 usage[qt] = usage.get(qt, 0) + b
-        capacity = group.quota.capacity
-        if capacity < 0 or used >= capacity:
-            raise internal(
-                f"instance group {group.name!r} is over its quota: {used} of {capacity} bytes used"
-            )
-        excluded = {t for t, cap in plan.quotas if cap <= usage.get(t, 0)}
+        excluded = write_exclusions(group, plan.quotas, used, usage)
         return self._backends[select_write_storage(group, plan.candidates, excluded)]
+
+    def _group_usage(self, group: InstanceGroup, instance_ids: Sequence[str]) -> GroupUsage:
+        """The group's usage against its quotas, from the in-memory index counters (no store I/O)."""
+        plan = self._write_plan(group)
+        per_key = dict(plan.bytes_per_key)
+        cc = group.cache_config
+        max_keys = cc.meta_indexer_config.max_key_count if cc is not None else 0
+        instances = []
+        for instance_id in instance_ids:
+            index = self._index(instance_id)
+            instances.append(
+                InstanceUsage(
+                    instance_id,
+                    index.key_count,
+                    per_key.get(instance_id, 0),
+                    max_keys,
+                    dict(index.usage_bytes),
+                )
+            )
+        return group_usage(instances)
 
     def _allocate(
         self,
@@ -820,7 +1079,7 @@ class CacheManager:
             if per_block is None and len(calls) == 1:
                 # Every spec in every block, one create call (spec-major): block j's spec s is uris[s*n+j].
                 names = [f"{inst}/{spec.name}/{h}" for spec in specs for h in hexes]
-                uris = backend.create(names, calls[0][1])
+                uris = self._create(backend, names, calls[0][1])
                 allocated.append(uris)
                 if len(uris) != len(names):
                     raise BackendError(f"returned {len(uris)} URIs for {len(names)} blocks")
@@ -839,7 +1098,7 @@ class CacheManager:
                 if not pairs:
                     continue
                 names = [f"{inst}/{specs[s].name}/{hexes[j]}" for j, s in pairs]
-                uris = backend.create(names, size)
+                uris = self._create(backend, names, size)
                 allocated.append(uris)
                 if len(uris) != len(pairs):
                     raise BackendError(f"returned {len(uris)} URIs for {len(pairs)} blocks")
@@ -851,6 +1110,34 @@ class CacheManager:
             raise internal(f"storage {backend.name!r}: allocation failed: {exc}") from None
         return [tuple(x) for x in out], allocated
 
+    def _create(self, backend: StorageBackend, names: list[str], size: int) -> list[str]:
+        """``backend.create`` with the ``data_storage.create_*`` metrics."""
+        handles = self._create_metrics.get(backend.name)
+        if handles is None or handles[0] is not backend:
+            m = self._metrics
+            tags = tags_of(type=backend.config.type_name, unique_name=backend.name)
+            handles = self._create_metrics[backend.name] = (
+                backend,
+                m.counter("data_storage.create_counter", tags),
+                m.counter("data_storage.create_keys_counter", tags),
+                m.summary("data_storage.create_time_us", tags),
+                m.counter("data_storage.create_error_counter", tags),
+            )
+        _, calls, keys, time_us, errors = handles
+        timer = self._timer
+        started = timer.monotonic()
+        try:
+            uris = backend.create(names, size)
+        except BackendError:
+            errors.inc()
+            raise
+        finally:
+            time_us.observe((timer.monotonic() - started) * 1e6)
+        calls.inc()
+        keys.inc(len(names))
+        return uris
+
+    @_api("FinishWriteCache", per_instance=True)
     @_store_guard
     def finish_write_cache(self, request: FinishWriteCacheRequest) -> FinishWriteCacheResult:
         """Phase 2 of a write: ``success_blocks`` (over the locations StartWriteCache returned) says
@@ -883,7 +1170,19 @@ class CacheManager:
         except StoreError as exc:
             raise _store_failure("finish_write_cache", exc) from None
         self._sessions.pop(session_id)
-        self._submit_deletion(info.instance_id, doomed)
+        self._submit_deletion(info.instance_id, doomed, now)
+        if self._events is not None:
+            self._publish(
+                ev.FINISH,
+                info.instance_id,
+                ev.MANAGER,
+                now,
+                {
+                    "trace_id": request.trace_id,
+                    "write_session_id": session_id,
+                    "success_block": ev.mask_json(mask),
+                },
+            )
         return FinishWriteCacheResult(serving, failed)
 
     def _settle(
@@ -970,6 +1269,7 @@ class CacheManager:
 
     # =================================================================================== removal
 
+    @_api("RemoveCache", per_instance=True)
     @_store_guard
     def remove_cache(self, request: RemoveCacheRequest) -> RemoveCacheResult:
         """Delete keys: every location of them (any status) becomes DELETING at once and is deleted at
@@ -980,6 +1280,7 @@ class CacheManager:
         result = self._delete_all(index, list(dict.fromkeys(keys)), "remove_cache")
         return RemoveCacheResult(result.num_keys, result.num_locations)
 
+    @_api("TrimCache", per_instance=True)
     @_store_guard
     def trim_cache(self, request: TrimCacheRequest) -> TrimCacheResult:
         """Remove an instance's cache by strategy.
@@ -1008,7 +1309,7 @@ class CacheManager:
                 index.drop()
             except StoreError as exc:
                 raise _store_failure("trim_cache", exc) from None
-            self._deletions.pop(index.instance_id, None)
+            self._deletions.drop_instance(index.instance_id)
             return TrimCacheResult(count, locations)
         begin = require_int("begin_timestamp", request.begin_timestamp)
         end = require_int("end_timestamp", request.end_timestamp)
@@ -1044,32 +1345,46 @@ class CacheManager:
         self._submit_deletion(index.instance_id, doomed)
         return TrimCacheResult(num_keys, sum(len(v) for v in doomed.values()))
 
-    def _submit_deletion(self, instance_id: str, doomed: dict[int, list[str]]) -> None:
-        if not doomed:
-            return
-        queue = self._deletions.setdefault(instance_id, {})
-        for key, ids in doomed.items():
-            queue.setdefault(key, set()).update(ids)
+    def _submit_deletion(
+        self, instance_id: str, doomed: dict[int, list[str]], due: float | None = None
+    ) -> None:
+        """Queue locations already marked DELETING, due at ``due`` (now when None: API deletions and
+        failed writes have no delay, as the reference)."""
+        if doomed:
+            self._deletions.submit(instance_id, doomed, self._clock.now() if due is None else due)
 
     # =================================================================================== time
 
     def poll(self, now: float | None = None) -> PollResult:
-        """Act on everything due by ``now`` (the clock's time when None).
+        """Act on everything due by ``now`` (the clock's time when None), in this order:
 
-        Expires write sessions whose deadline is before ``now`` (all their blocks failed), deletes every
-        location marked DELETING (storage first released by its backend, then the index entry; a key
-        left without locations is removed), and merges buffered access statistics into the store.
-        Deletions are carried out at once here; a delayed executor arrives in a later issue.
+        1. expire write sessions whose deadline is before ``now`` (all their blocks failed);
+        2. run a reclaim round (at most one per ``ReclaimerConfig.interval_s``): groups over their water
+           level, or with a TTL policy, get victims marked DELETING and queued after
+           ``delay_before_delete_ms``;
+        3. delete every queued location that is due: storage released by its backend first, then the
+           index entry (a key left without locations is removed); a failed storage delete keeps the
+           location DELETING and queued with a back-off;
+        4. merge buffered access statistics into the store and flush the event log.
         """
         if now is None:
             now = self._clock.now()
         expired = sum(self._expire(session, now) for session in self._sessions.pop_due(now))
-        deleted_locations, deleted_keys = self._run_deletions()
+        if expired:
+            self._m_expired.inc(expired)
+        reclaimed = self._reclaim(now)
+        deleted_locations, deleted_keys, failed = self._run_deletions(now)
         for index in self._indexes.values():
             # On a store failure the statistics stay buffered and are retried at the next poll.
             with contextlib.suppress(StoreError):
                 index.flush_access()
-        return PollResult(expired, deleted_locations, deleted_keys)
+        if self._events is not None:
+            try:
+                self._events.flush()
+            except OSError:
+                # The records stay buffered for the next poll; the failure is counted, not raised.
+                self._metrics.counter("event_publisher.flush_error_count").inc()
+        return PollResult(expired, deleted_locations, deleted_keys, reclaimed, failed)
 
     def _expire(self, session: WriteSession, now: float) -> bool:
         """Fail every block of an overdue session; False (session kept for the next poll) if the store
@@ -1081,63 +1396,292 @@ class CacheManager:
         except StoreError:
             self._sessions.add(session)  # nothing of it was applied
             return False
-        self._submit_deletion(session.instance_id, doomed)
+        self._submit_deletion(session.instance_id, doomed, now)
         return True
 
-    def _run_deletions(self) -> tuple[int, int]:
-        pending, self._deletions = self._deletions, {}
-        total_locations = total_keys = 0
-        for instance_id, targets in pending.items():
-            index = self._index(instance_id)
-            keys = list(targets)
-            changes: dict[int, Change] = {}
-            uris: dict[str, list[str]] = {}
-            freed: dict[StorageType, int] = {}
-            removed_locations = removed_keys = 0
-            try:
-                records = index.get(keys)
-            except StoreError:
-                self._submit_deletion(instance_id, {k: list(v) for k, v in targets.items()})
+    # ----------------------------------------------------------------------------------- deletion
+
+    def _run_deletions(self, now: float) -> tuple[int, int, int]:
+        """Delete every queued location due by ``now``; return (locations, keys deleted, failures).
+
+        Storage first, then the index: a location leaves the index only once its blocks are released,
+        so after a crash it is still DELETING and is queued again by recovery (never leaked). URIs a
+        backend released are remembered on the queue entry, so neither a failed commit nor a partial
+        backend failure releases a block twice.
+        """
+        due = self._deletions.pop_due(now)
+        total_locations = total_keys = failures = 0
+        for instance_id, entries in due.items():
+            removed, keys_gone, failed = self._delete_due(instance_id, entries, now)
+            total_locations += removed
+            total_keys += keys_gone
+            failures += failed
+        return total_locations, total_keys, failures
+
+    def _delete_due(self, instance_id: str, entries: dict[int, Pending], now: float) -> tuple[int, int, int]:
+        """Delete one instance's due entries (see :meth:`_run_deletions`); requeue what must wait."""
+        index = self._index(instance_id)
+        keys = list(entries)
+        retry_at = now + self._retry_s
+        try:
+            records = index.get(keys)
+        except StoreError:
+            for key, entry in entries.items():
+                entry.due = retry_at
+                self._deletions.requeue(instance_id, key, entry)
+            return 0, 0, 0
+        # 1. Release storage, batched per storage (the URI host).
+        targets: dict[int, list[StoredLocation]] = {}
+        work: dict[str, list[tuple[int, str, str]]] = {}
+        for key, rec in zip(keys, records, strict=True):
+            entry = entries[key]
+            if rec is None:
+                continue  # removed meanwhile (e.g. TS_REMOVE_ALL_META)
+            locs = [
+                loc
+                for loc in rec.locations
+                if loc.location_id in entry.location_ids and loc.status == _DELETING
+            ]
+            if not locs:
                 continue
-            for key, rec in zip(keys, records, strict=True):
+            targets[key] = locs
+            for loc in locs:
+                released = entry.released.get(loc.location_id, ())
+                for spec in loc.location.location_specs:
+                    if spec.uri and spec.uri not in released:
+                        work.setdefault(loc.storage_name, []).append((key, loc.location_id, spec.uri))
+        failed: set[tuple[int, str]] = set()
+        for name, items in work.items():
+            still = self._release(name, [uri for _, _, uri in items])
+            for key, loc_id, uri in items:
+                if still.get(uri, 0) > 0:
+                    still[uri] -= 1
+                    failed.add((key, loc_id))
+                else:
+                    entries[key].released.setdefault(loc_id, set()).add(uri)
+        # 2. Drop the released locations from the index (one commit).
+        changes: dict[int, Change] = {}
+        freed: dict[StorageType, int] = {}
+        removed_locations = removed_keys = 0
+        reclaimed_locations = reclaimed_keys = 0
+        retry: dict[int, set[str]] = {}
+        by_key = dict(zip(keys, records, strict=True))
+        for key, locs in targets.items():
+            rec = by_key[key]
+            assert rec is not None  # targets only holds keys with a record
+            entry = entries[key]
+            done = {loc.location_id for loc in locs if (key, loc.location_id) not in failed}
+            bad = {loc.location_id for loc in locs if (key, loc.location_id) in failed}
+            if bad:
+                retry[key] = bad
+            if not done:
+                continue
+            keep = tuple(loc for loc in rec.locations if loc.location_id not in done)
+            for loc in rec.locations:
+                if loc.location_id in done:
+                    t = loc.location.type
+                    freed[t] = freed.get(t, 0) - loc.size_bytes
+            new = KeyRecord(keep, rec.created, rec.last_access, rec.access_count) if keep else None
+            changes[key] = (rec, new)
+            removed_locations += len(done)
+            removed_keys += new is None
+            from_reclaim = len(done & entry.reclaimed)
+            reclaimed_locations += from_reclaim
+            reclaimed_keys += from_reclaim > 0 and new is None
+        try:
+            index.commit(changes, freed)
+        except StoreError:
+            # Storage is released (remembered on the entries); only the index change is retried.
+            for key, entry in entries.items():
+                entry.due = retry_at
+                self._deletions.requeue(instance_id, key, entry)
+            return 0, 0, 0
+        for key, bad in retry.items():
+            entry = entries[key]
+            entry.attempts += 1
+            entry.due = now + retry_delay(entry.attempts, self._retry_s)
+            entry.location_ids = bad
+            entry.released = {loc_id: uris for loc_id, uris in entry.released.items() if loc_id in bad}
+            entry.reclaimed &= bad
+            self._deletions.requeue(instance_id, key, entry)
+        failures = sum(len(bad) for bad in retry.values())
+        m = self._metrics
+        if failures:
+            m.counter("schedule_plan_executor.delete_retry_count").inc(failures)
+        if removed_locations:
+            m.counter("schedule_plan_executor.location_del_count").inc(removed_locations)
+            m.counter("schedule_plan_executor.block_del_count").inc(removed_keys)
+        if reclaimed_locations:
+            info = self._registry.instances.get(instance_id)
+            tags = tags_of(instance_group=info.instance_group_name if info is not None else "")
+            m.counter("cache_reclaimer.location_del_count", tags).inc(reclaimed_locations)
+            m.counter("cache_reclaimer.block_del_count", tags).inc(reclaimed_keys)
+        return removed_locations, removed_keys, failures
+
+    def _release(self, name: str, uris: list[str]) -> dict[str, int]:
+        """Release ``uris`` on storage ``name``; return the URIs *not* released (with multiplicity).
+
+        A storage that was removed has no backend to ask: its blocks cannot be released by kvsim any
+        more, so they count as released and are reported in ``data_storage.delete_orphan_counter``. A
+        registered storage whose backend is not open fails the whole batch (retried later).
+        """
+        m = self._metrics
+        backend = self._backends.get(name)
+        config = self._registry.storages.get(name)
+        type_name = backend.config.type_name if backend is not None else (config.type_name if config else "")
+        tags = tags_of(type=type_name, unique_name=name)
+        if backend is None:
+            if config is None:
+                m.counter("data_storage.delete_orphan_counter", tags).inc(len(uris))
+                return {}
+            why = self.backend_open_errors.get(name, "the backend is not open")
+            self.deletion_errors[name] = f"storage {name!r}: {why}"
+            m.counter("data_storage.delete_error_counter", tags).inc(len(uris))
+            return _multiset(uris)
+        started = self._timer.monotonic()
+        failed: dict[str, int] = {}
+        try:
+            backend.delete(uris)
+        except BackendError as exc:
+            failed = _multiset(exc.failed if exc.failed is not None else uris)
+            self.deletion_errors[name] = str(exc)
+            m.counter("data_storage.delete_error_counter", tags).inc(sum(failed.values()))
+        m.summary("data_storage.delete_time_us", tags).observe((self._timer.monotonic() - started) * 1e6)
+        m.counter("data_storage.delete_counter", tags).inc()
+        m.counter("data_storage.delete_keys_counter", tags).inc(len(uris) - sum(failed.values()))
+        return failed
+
+    # ----------------------------------------------------------------------------------- reclaim
+
+    def _reclaim(self, now: float) -> int:
+        """One reclaim round when due: every group over its water level (or with a TTL policy) gets
+        victims marked DELETING and queued; return the locations submitted."""
+        if not self._reclaimer.due(now):
+            return 0
+        pending = False
+        submitted = 0
+        m = self._metrics
+        for name in sorted(self._registry.groups):
+            group = self._registry.groups[name]
+            ids = self._registry.instance_ids_of_group(name)
+            if group.cache_config is None or not ids:
+                continue
+            try:
+                usage = self._group_usage(group, ids)
+                level = water_level(group, usage)
+                if level.triggered:
+                    level = water_level(group, usage, self._deletion_credit(usage))
+                _, ttl = policy_of(group)
+                if not level.triggered and ttl <= 0:
+                    continue
+                tags = tags_of(instance_group=name)
+                m.counter("cache_reclaimer.round_count", tags).inc()
+                if level.triggered:
+                    m.counter("cache_reclaimer.trigger_count", tags).inc()
+                choice = self._reclaimer.plan(group, usage, level, self._sample, now)
+                if choice.victims:
+                    submitted += self._submit_reclaim(group, choice.victims, now)
+                # Another round is wanted while the group stays over its level, or while TTL keys exist.
+                pending = pending or not choice.covered or (ttl > 0 and usage.used_keys > 0)
+            except StoreError:
+                # Nothing of this group was applied; the next round tries again.
+                m.counter("cache_reclaimer.store_error_count", tags_of(instance_group=name)).inc()
+                pending = True
+        self._reclaim_pending = pending
+        return submitted
+
+    def _deletion_credit(self, usage: GroupUsage) -> Credit:
+        """What the queued deletions of the group's instances will free (they are still counted in the
+        usage until their delay has passed)."""
+        keys = size = 0
+        types: dict[StorageType, int] = {}
+        for inst in usage.instances:
+            queued = self._deletions.of_instance(inst.instance_id)
+            if not queued:
+                continue
+            wanted = list(queued)
+            for key, rec in zip(wanted, self._index(inst.instance_id).get(wanted), strict=True):
                 if rec is None:
                     continue
-                ids = targets[key]
-                keep: list[StoredLocation] = []
+                ids = queued[key].location_ids
                 for loc in rec.locations:
-                    if loc.location_id in ids and loc.status == _DELETING:
-                        uris.setdefault(loc.storage_name, []).extend(
-                            s.uri for s in loc.location.location_specs
-                        )
-                        t = loc.location.type
-                        freed[t] = freed.get(t, 0) - loc.size_bytes
-                        removed_locations += 1
-                    else:
-                        keep.append(loc)
-                if len(keep) != len(rec.locations):
-                    new = (
-                        KeyRecord(tuple(keep), rec.created, rec.last_access, rec.access_count)
-                        if keep
-                        else None
-                    )
-                    changes[key] = (rec, new)
-                    removed_keys += new is None
-            try:
-                # Index first: a DELETING location is never read, and a failed commit is retried next
-                # poll without releasing its storage twice.
-                index.commit(changes, freed)
-            except StoreError:
-                self._submit_deletion(instance_id, {k: list(v) for k, v in targets.items()})
+                    if loc.status == _DELETING and loc.location_id in ids:
+                        qt = quota_type(loc.location.type)
+                        types[qt] = types.get(qt, 0) + loc.size_bytes
+                if all(loc.status == _DELETING for loc in rec.locations):
+                    keys += 1
+                    size += inst.bytes_per_key
+        return Credit(keys, size, types)
+
+    def _sample(self, instance_id: str, count: int, rng: np.random.Generator) -> list[Candidate]:
+        """Sample keys of an instance for the reclaimer, with their access statistics."""
+        keys = self._store.meta_sample(instance_id, count, rng)
+        if not keys:
+            return []
+        index = self._index(instance_id)
+        info = self._registry.instances.get(instance_id)
+        per_key = sum(s.size for s in info.location_spec_infos) if info is not None else 0
+        return [
+            Candidate(
+                instance_id, key, rec, index.last_access(key, rec), index.access_count(key, rec), per_key
+            )
+            for key, rec in zip(keys, index.get(keys), strict=True)
+            if rec is not None
+        ]
+
+    def _submit_reclaim(self, group: InstanceGroup, victims: list[Victim], now: float) -> int:
+        """Mark the victims' locations DELETING (one commit per instance), queue them after the group's
+        ``delay_before_delete_ms`` and publish a CacheReclaimSubmit event per instance."""
+        assert group.cache_config is not None
+        delay_ms = group.cache_config.reclaim_strategy.delay_before_delete_ms
+        by_instance: dict[str, list[Victim]] = {}
+        for victim in victims:
+            by_instance.setdefault(victim.instance_id, []).append(victim)
+        tags = tags_of(instance_group=group.name)
+        submitted = 0
+        for instance_id, chosen in by_instance.items():
+            index = self._index(instance_id)
+            keys = [v.key for v in chosen]
+            changes: dict[int, Change] = {}
+            doomed: dict[int, list[str]] = {}
+            # Re-read: a victim is marked only if its location is still SERVING.
+            for victim, rec in zip(chosen, index.get(keys), strict=True):
+                if rec is None:
+                    continue
+                ids = set(victim.location_ids)
+                marked = [
+                    loc.location_id
+                    for loc in rec.locations
+                    if loc.location_id in ids and loc.status == _SERVING
+                ]
+                if not marked:
+                    continue
+                locs = tuple(
+                    loc.with_status(_DELETING) if loc.location_id in marked else loc for loc in rec.locations
+                )
+                changes[victim.key] = (rec, KeyRecord(locs, rec.created, rec.last_access, rec.access_count))
+                doomed[victim.key] = marked
+            if not doomed:
                 continue
-            for name, batch in uris.items():
-                backend = self._backends.get(name)
-                if backend is not None:
-                    # As the reference: if the backend fails the index entry is gone and the storage leaks.
-                    with contextlib.suppress(BackendError):
-                        backend.delete(batch)
-            total_locations += removed_locations
-            total_keys += removed_keys
-        return total_locations, total_keys
+            index.commit(changes, {})  # status only: usage falls when the deletion runs
+            self._deletions.submit(instance_id, doomed, now + delay_ms / 1000.0, reclaimed=True)
+            count = sum(len(ids) for ids in doomed.values())
+            submitted += count
+            self._metrics.counter("cache_reclaimer.block_submit_count", tags).inc(len(doomed))
+            self._metrics.counter("cache_reclaimer.location_submit_count", tags).inc(count)
+            if self._events is not None:
+                self._publish(
+                    ev.RECLAIM,
+                    instance_id,
+                    ev.RECLAIMER,
+                    now,
+                    {
+                        "block_keys": list(doomed),
+                        "location_ids": [doomed[k] for k in doomed],
+                        "delay_us": int(delay_ms) * 1000,
+                    },
+                )
+        return submitted
 
     def _recover_writing(self) -> None:
         """After a restart nothing pending survives: write sessions and queued deletions are lost. Turn
@@ -1166,6 +1710,7 @@ class CacheManager:
 
     # =================================================================================== storages
 
+    @_api("AddStorage")
     def add_storage(self, config: StorageConfig) -> None:
         """Register and open a storage.
 
@@ -1188,11 +1733,40 @@ class CacheManager:
         self._backend_epoch += 1
         self.backend_open_errors.pop(name, None)
 
-    def _open_backend(self, config: StorageConfig) -> StorageBackend:
+    def _restore_backends(self, backends: dict[str, StorageBackend]) -> None:
+        """Give freshly opened backends the URIs the meta index holds for them, so their live-block
+        counts (packed files, shared objects) match the index (see ``StorageBackend.restore``)."""
+        if not backends:
+            return
+        uris: dict[str, list[str]] = {name: [] for name in backends}
         try:
-            return self._backend_factory(config)
+            for instance_id in sorted(set(self._registry.instances) | set(self._store.meta_instances())):
+                index = self._index(instance_id)
+                for keys in index.scan():
+                    for rec in index.get(keys):
+                        if rec is None:
+                            continue
+                        for loc in rec.locations:
+                            bucket = uris.get(loc.storage_name)
+                            if bucket is not None:
+                                bucket.extend(spec.uri for spec in loc.location.location_specs if spec.uri)
+        except StoreError as exc:
+            raise _store_failure("restore storage bookkeeping", exc) from None
+        for name, backend in backends.items():
+            backend.restore(uris[name])
+
+    def _open_backend(self, config: StorageConfig) -> StorageBackend:
+        """Open a backend and give it the index's URIs for its storage (closed again on failure)."""
+        try:
+            backend = self._backend_factory(config)
         except BackendError as exc:
             raise internal(f"storage {config.global_unique_name!r}: failed to open: {exc}") from None
+        try:
+            self._restore_backends({config.global_unique_name: backend})
+        except CacheError:
+            backend.close()
+            raise
+        return backend
 
     def _stored_storage(self, name: object, field: str = "storage_unique_name") -> StorageConfig:
         checked = require_str(field, name)
@@ -1201,10 +1775,12 @@ class CacheManager:
             raise internal(f"{field}: storage {name!r} does not exist")
         return config
 
+    @_api("EnableStorage")
     def enable_storage(self, storage_unique_name: str) -> None:
         """Make a storage available for reads and writes again."""
         self._set_storage_available(storage_unique_name, True)
 
+    @_api("DisableStorage")
     def disable_storage(self, storage_unique_name: str) -> None:
         """Take a storage out of write selection; its locations get read weight 0 as the policy says."""
         self._set_storage_available(storage_unique_name, False)
@@ -1220,6 +1796,7 @@ class CacheManager:
             backend.set_enabled(available)
         self._backend_epoch += 1
 
+    @_api("RemoveStorage")
     def remove_storage(self, storage_unique_name: str) -> None:
         """Unregister and close a storage (groups and existing locations that name it are left alone)."""
         self._stored_storage(storage_unique_name)
@@ -1232,6 +1809,7 @@ class CacheManager:
             backend.close()
         self._backend_epoch += 1
 
+    @_api("UpdateStorage")
     def update_storage(self, config: StorageConfig) -> None:
         """Replace a storage's config and reopen it; if the new backend fails to open the old one stays."""
         check_storage_config(config)
@@ -1248,27 +1826,34 @@ class CacheManager:
         self._backends[config.global_unique_name] = backend
         self._backend_epoch += 1
 
+    @_api("ListStorage")
     def list_storage(self) -> tuple[StorageConfig, ...]:
         """Every registered storage, sorted by name."""
         return tuple(self._registry.storages[n] for n in sorted(self._registry.storages))
 
     # =================================================================================== groups
 
+    @_api("CreateInstanceGroup")
     def create_instance_group(self, group: InstanceGroup) -> None:
         """Create a group (storage candidates are not checked against registered storages).
 
         Raises:
-            CacheError: INVALID_ARGUMENT per the reference's rules; INTERNAL_ERROR if the name exists.
+            CacheError: INVALID_ARGUMENT per the reference's rules and for negative quotas, a duplicate
+                or unknown per-type quota, a negative water level, delay or TTL (kvsim fix);
+                INTERNAL_ERROR if the name exists.
         """
         check_instance_group(group)
+        check_group_quotas(group)
         if group.name in self._registry.groups:
             raise internal(f"instance_group: group {group.name!r} already exists")
         self._put_group(group, "create_instance_group")
 
+    @_api("UpdateInstanceGroup")
     def update_instance_group(self, group: InstanceGroup, current_version: int) -> None:
         """Replace a group; ``current_version`` must equal the stored version and ``group.version`` must
         be greater (INTERNAL_ERROR otherwise). Existing instances see quota and storage changes at once."""
         check_instance_group(group)
+        check_group_quotas(group)
         require_int("current_version", current_version)
         stored = self._registry.groups.get(group.name)
         if stored is None:
@@ -1285,18 +1870,23 @@ class CacheManager:
         except StoreError as exc:
             raise _store_failure(what, exc) from None
 
+    @_api("RemoveInstanceGroup")
     def remove_instance_group(self, name: str) -> None:
         """Remove a group; its instances stay registered (their writes then fail), as the reference."""
-        self.get_instance_group(name)
+        self._stored_group(name)
         try:
             self._registry.delete_group(name)
         except StoreError as exc:
             raise _store_failure("remove_instance_group", exc) from None
 
+    @_api("GetInstanceGroup")
     def get_instance_group(self, name: str) -> InstanceGroup:
         """The stored group (INTERNAL_ERROR if unknown)."""
-        require_str("name", name)
-        group = self._registry.groups.get(name)
+        return self._stored_group(name)
+
+    def _stored_group(self, name: object) -> InstanceGroup:
+        checked = require_str("name", name)
+        group = self._registry.groups.get(checked)
         if group is None:
             raise internal(f"name: group {name!r} does not exist")
         return group
@@ -1311,6 +1901,7 @@ class CacheManager:
 
     # =================================================================================== accounts
 
+    @_api("AddAccount")
     def add_account(
         self, user_name: str, password: str, role: AccountRole | int = AccountRole.ROLE_USER
     ) -> None:
@@ -1335,6 +1926,7 @@ class CacheManager:
         except StoreError as exc:
             raise _store_failure("add_account", exc) from None
 
+    @_api("DeleteAccount")
     def delete_account(self, user_name: str) -> None:
         """Remove an account (INTERNAL_ERROR if unknown)."""
         require_str("user_name", user_name)
@@ -1345,6 +1937,7 @@ class CacheManager:
         except StoreError as exc:
             raise _store_failure("delete_account", exc) from None
 
+    @_api("ListAccount")
     def list_account(self) -> tuple[Account, ...]:
         """Every account (name and role), sorted by name."""
         accounts = self._registry.accounts
@@ -1359,6 +1952,7 @@ class CacheManager:
 
     # =================================================================================== snapshots
 
+    @_api("GenConfigSnapshot")
     def gen_config_snapshot(self) -> str:
         """The whole registry as JSON (storages, groups, instances, accounts with password hashes).
 
@@ -1375,6 +1969,7 @@ class CacheManager:
         }
         return json.dumps(doc, separators=_COMPACT, ensure_ascii=False)
 
+    @_api("LoadConfigSnapshot")
     def load_config_snapshot(self, config_snapshot: str) -> None:
         """Replace the registry by a snapshot from :meth:`gen_config_snapshot`, all or nothing.
 
@@ -1460,6 +2055,7 @@ class CacheManager:
             check_storage_config(config)
         for group in out["instance_group"].values():
             check_instance_group(group)
+            check_group_quotas(group)
         for info in out["instance"].values():
             require_int(
                 f"config_snapshot.instances[{info.instance_id!r}].block_size", info.block_size, minimum=1
@@ -1481,8 +2077,10 @@ class CacheManager:
             index.flush_access()
 
     def close(self) -> None:
-        """Flush statistics, close every backend and the store."""
+        """Flush statistics and events, close every backend, the event log and the store."""
         self.flush()
+        if self._events is not None:
+            self._events.close()
         for backend in self._backends.values():
             backend.close()
         self._backends = {}

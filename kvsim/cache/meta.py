@@ -64,14 +64,22 @@ class InstanceIndex:
         return self._store.meta_get(self.instance_id, keys)
 
     def scan(self, batch: int = _SCAN_BATCH) -> Iterable[list[int]]:
-        """Yield every key of the instance in batches (do not commit while iterating)."""
+        """Yield every key of the instance in ascending batches (do not commit while iterating).
+
+        Every key is collected before the first batch is yielded and the keys are sorted: each store
+        pages in its own order (insertion, B-tree, Redis hash order), and what the callers derive from
+        the order (deletion queues, events, backend bookkeeping) must not depend on the store.
+        """
+        found: set[int] = set()  # a set: a store scan may repeat a key
         cursor = ""
         while True:
             keys, cursor = self._store.meta_scan(self.instance_id, cursor, batch)
-            if keys:
-                yield keys
+            found.update(keys)
             if not cursor:
-                return
+                break
+        ordered = sorted(found)
+        for start in range(0, len(ordered), batch):
+            yield ordered[start : start + batch]
 
     def all_keys(self) -> list[int]:
         """Every key of the instance."""

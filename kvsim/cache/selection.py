@@ -11,10 +11,18 @@ The weights depend on storage availability:
   available storage, 0 otherwise (without the reference's bug of overwriting the static table);
   otherwise -> weight 1 for locations on an available candidate storage (by name), 0 otherwise.
 
-Writes (the reference's ``DataStorageSelector``): the group must be under its byte quota; storage types
-whose per-type quota is used up are excluded (VCNS-3FS counts as 3FS); of the group's available
-candidates (in their listed order) the preference strategy picks ALWAYS_X (first of type X or fail),
-PREFER_X (first of type X, else the first candidate) or, for UNSPECIFIED, the first candidate.
+Writes (the reference's ``DataStorageSelector``, study §2.6), in two pure steps the manager chains:
+
+1. :func:`write_exclusions`: the group must be under its byte quota (``used >= capacity`` refuses the
+   write, so a capacity of 0 refuses every write); storage types whose per-type quota is used up
+   (``capacity <= usage``) are excluded, with VCNS-3FS counted as 3FS.
+2. :func:`select_write_storage`: of the group's *available* candidates, in their listed order and not
+   excluded, the preference strategy picks ALWAYS_X (the first of type X, or fail), PREFER_X (the first
+   of type X, else the first candidate) or, for UNSPECIFIED, the first candidate. There is no
+   NFS-specific strategy: NFS is reached through a PREFER_X fallback, as in the reference.
+
+Nothing here balances load or probes free space: a storage that is full fails its ``create`` and the
+write fails (the reference behaves the same).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kvsim.cache.errors import internal
+from kvsim.cache.quota import quota_type
 from kvsim.cache.store.base import StoredLocation
 from kvsim.cache.types import CachePreferStrategy, InstanceGroup, StorageConfig, StorageType
 
@@ -47,11 +56,6 @@ _PREFERRED_TYPE: Mapping[CachePreferStrategy, tuple[StorageType, bool]] = {
     CachePreferStrategy.CPS_ALWAYS_VCNS_3FS: (StorageType.ST_VCNS_3FS, True),
     CachePreferStrategy.CPS_PREFER_VCNS_3FS: (StorageType.ST_VCNS_3FS, False),
 }
-
-
-def quota_type(t: StorageType) -> StorageType:
-    """The type a location counts as for per-type quotas (VCNS-3FS is folded into 3FS)."""
-    return StorageType.ST_3FS if t == StorageType.ST_VCNS_3FS else t
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +155,32 @@ def choose_serving(
     return cands[-1][0]
 
 
+def write_exclusions(
+    group: InstanceGroup,
+    quotas: Sequence[tuple[StorageType, int]],
+    used_bytes: int,
+    type_usage: Mapping[StorageType, int],
+) -> set[StorageType]:
+    """Check the group byte quota and return the quota types whose per-type quota is used up.
+
+    Args:
+        group: the instance group (its ``quota.capacity`` is read).
+        quotas: ``(quota type, capacity)`` of the group's per-type quotas (VCNS already folded into 3FS;
+            UNSPECIFIED entries left out).
+        used_bytes: the group's usage estimate, ``sum key_count * bytes_per_key``.
+        type_usage: location bytes per quota type.
+
+    Raises:
+        CacheError: INTERNAL_ERROR when the group is at or over its byte quota.
+    """
+    capacity = group.quota.capacity
+    if capacity < 0 or used_bytes >= capacity:
+        raise internal(
+            f"instance group {group.name!r} is over its quota: {used_bytes} of {capacity} bytes used"
+        )
+    return {t for t, cap in quotas if cap <= type_usage.get(t, 0)}
+
+
 def select_write_storage(
     group: InstanceGroup,
     candidates: Sequence[tuple[str, StorageType]],
@@ -187,4 +217,5 @@ __all__ = [
     "quota_type",
     "read_weights",
     "select_write_storage",
+    "write_exclusions",
 ]

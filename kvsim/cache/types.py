@@ -289,7 +289,13 @@ class InstanceGroupQuota:
 
 @dataclass(frozen=True, slots=True)
 class CacheReclaimStrategy:
-    """Reclaim settings of a group (the reclaimer arrives in a later issue; stored and echoed here)."""
+    """Reclaim settings of a group (see :mod:`kvsim.cache.reclaim`).
+
+    ``storage_unique_name``, ``trigger_period_seconds`` and ``reclaim_step_*`` are stored and echoed but
+    unused, as in the reference. ``ttl_seconds`` is a kvsim extension (proto field number 100, above the
+    reference's 1-7, so reference clients ignore it): with ``POLICY_TTL`` a block unused for that long
+    is reclaimed even below the water level; 0 makes TTL behave as LRU.
+    """
 
     storage_unique_name: str = ""
     reclaim_policy: ReclaimPolicy = ReclaimPolicy.POLICY_UNSPECIFIED
@@ -298,6 +304,7 @@ class CacheReclaimStrategy:
     reclaim_step_size: int = 0
     reclaim_step_percentage: int = 0
     delay_before_delete_ms: int = 0
+    ttl_seconds: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -681,8 +688,12 @@ class TrimCacheResult:
 
 @dataclass(frozen=True, slots=True)
 class PollResult:
-    """What one :meth:`CacheManager.poll` did: sessions expired, locations and keys deleted."""
+    """What one :meth:`CacheManager.poll` did: sessions expired, locations and keys deleted, locations
+    the reclaimer submitted for deletion, and locations whose storage delete failed (kept DELETING and
+    retried later)."""
 
     expired_sessions: int
     deleted_locations: int
     deleted_keys: int
+    reclaimed_locations: int = 0
+    failed_deletions: int = 0

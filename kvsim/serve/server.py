@@ -37,8 +37,10 @@ from typing import Any, TypeVar
 import grpc
 from aiohttp import web
 
-from kvsim.cache import CacheManager, CacheStore, backends, make_store
+from kvsim.cache import CacheManager, CacheStore, backends
 from kvsim.cache.backends import BackendFactory
+from kvsim.cache.store import StoreOpenError
+from kvsim.cache.store import open_store as open_cache_store
 from kvsim.core import Clock, ConfigError, UserInputError, WallClock, make_rng
 from kvsim.serve.accesslog import AccessLog
 from kvsim.serve.config import ServeSettings
@@ -49,7 +51,6 @@ from kvsim.serve.startup import default_serve_startup, load_startup_config
 
 logger = logging.getLogger("kvsim.serve")
 
-SQLITE_FILE = "meta.sqlite3"
 ACCESS_LOG_FILE = "access.log"
 PORTS_FILE = "ports.json"
 T = TypeVar("T")
@@ -182,28 +183,17 @@ class KvcmServer:
 
 
 def open_store(spec: str, data_dir: Path) -> CacheStore:
-    """The meta store named by ``--meta-store``: ``sqlite`` (a file in the data folder), ``memory`` or a
-    ``redis://[auth@]host:port?timeout_ms=...`` URI.
+    """The meta store named by ``--meta-store``: ``sqlite`` (``kvsim-meta.db`` in the data folder, or
+    ``sqlite:///path``), ``memory`` or a ``redis://[auth@]host:port?timeout_ms=...`` URI.
 
     Raises:
-        ConfigError: the spec is unknown, or that store is not available in this build. There is never a
-            silent fallback to memory: losing the registry on restart must be asked for.
+        ConfigError: the spec is unknown or the store cannot be opened. There is never a silent fallback
+            to memory: losing the registry on restart must be asked for.
     """
-    if spec == "memory":
-        name, options = "memory", {}
-    elif spec == "sqlite":
-        name, options = "sqlite", {"path": str(data_dir / SQLITE_FILE)}
-    elif spec.startswith(("redis://", "rediss://")):
-        name, options = "redis", {"uri": spec}
-    else:
-        raise ConfigError(f"--meta-store {spec!r}: expected sqlite, memory or redis://[auth@]host:port?...")
     try:
-        return make_store(name, **options)
-    except ValueError as exc:
-        raise ConfigError(
-            f"--meta-store {spec}: the {name} store is not available in this build ({exc}); "
-            "pass --meta-store memory to keep the metadata in memory (lost on exit)"
-        ) from None
+        return open_cache_store(spec, data_dir=data_dir)
+    except StoreOpenError as exc:
+        raise ConfigError(f"--meta-store: {exc}") from None
 
 
 def open_backends(mode: str) -> BackendFactory | None:

@@ -16,8 +16,9 @@ from collections.abc import Callable
 
 import pytest
 
-from kvsim.cache.store import REGISTRY_KINDS, CacheStore, KeyRecord, StoredLocation, StoreError
+from kvsim.cache.store import REGISTRY_KINDS, CacheStore, KeyRecord, StoredLocation, StoreError, sample_sorted
 from kvsim.cache.types import CacheLocation, LocationSpec, LocationStatus, StorageType
+from kvsim.core import make_rng
 
 StoreFactory = Callable[[], CacheStore]
 
@@ -156,6 +157,17 @@ class StoreContract:
         assert store.meta_scan("nobody", "", 10) == ([], "")
         with pytest.raises(StoreError):
             store.meta_scan("i1", "", 0)
+
+    def test_meta_sample_draws_from_the_sorted_keys(self, store: CacheStore) -> None:
+        """Every store picks the same keys: ``sample_sorted`` over the instance's keys in key order."""
+        keys = [(k * 7919) % 1000 - 500 for k in range(60)]  # written out of key order
+        store.meta_write("i1", {k: rec(loc("aaaaaaaa")) for k in keys})
+        assert store.meta_sample("nobody", 5, make_rng(0)) == []
+        assert store.meta_sample("i1", 0, make_rng(0)) == []
+        assert store.meta_sample("i1", 60, make_rng(0)) == sorted(keys)
+        sample = store.meta_sample("i1", 9, make_rng(3))
+        assert sample == sample_sorted(sorted(keys), 9, make_rng(3))
+        assert len(set(sample)) == 9 and sample == sorted(sample) and set(sample) <= set(keys)
 
 
 class PersistentStoreContract(StoreContract):

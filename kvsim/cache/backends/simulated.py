@@ -13,22 +13,23 @@ Mooncake        ``mooncake://<name>/?key=inst/tp0/7b&size=1024``
 TairMemPool     ``pace://<name>/<offset>?media_type=mem&node_id=0&range_id=0&size=1024``
 =============  =====================================================================================
 
-The file-name hash of a multi-block file is the first 8 bytes of BLAKE2b over the joined storage keys
-(the reference uses an XXH3 preview variant; only the shape matters here).
+The packing of blocks into files and the file-name hash are shared with the real backends
+(:mod:`kvsim.cache.backends.layout`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import posixpath
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from kvsim.cache.backends.base import (
     BackendError,
     StorageBackend,
     StorageFullError,
+    StorageUsage,
     format_uri,
+    parse_uri,
 )
+from kvsim.cache.backends.layout import block_uris, blocks_per_file, file_path, packed_files
 from kvsim.cache.types import (
     MooncakeStorageSpec,
     NfsStorageSpec,
@@ -37,11 +38,6 @@ from kvsim.cache.types import (
     ThreeFSStorageSpec,
     VcnsThreeFSStorageSpec,
 )
-
-
-def _file_hash(keys: Sequence[str]) -> str:
-    digest = hashlib.blake2b("|".join(keys).encode("utf-8"), digest_size=8).digest()
-    return digest.hex()
 
 
 class SimulatedBackend(StorageBackend):
@@ -76,11 +72,26 @@ class SimulatedBackend(StorageBackend):
         self._extra: dict[str, int] = {}
         self._next_offset = 0
 
-    def usage_ratio(self) -> float:
-        """``used / capacity`` (0.0 when unlimited)."""
-        if not self.capacity_bytes:
-            return 0.0
-        return self.used_bytes / self.capacity_bytes
+    def usage(self) -> StorageUsage:
+        """Bytes booked and the capacity (None when unlimited)."""
+        return StorageUsage(self.used_bytes, self.capacity_bytes)
+
+    def restore(self, uris: Iterable[str]) -> None:
+        """Book the blocks behind ``uris`` again (their ``size`` parameter; 0 when absent), replacing
+        the current bookkeeping: after a restart the capacity in use matches the index."""
+        self._live.clear()
+        self._extra.clear()
+        self.used_bytes = 0
+        for uri in uris:
+            try:
+                size = int(parse_uri(uri)[3].get("size", "0"))
+            except ValueError:
+                size = 0
+            if uri in self._live:
+                self._extra[uri] = self._extra.get(uri, 0) + 1
+            else:
+                self._live[uri] = size
+            self.used_bytes += size
 
     def create(self, keys: Sequence[str], size_per_key: int) -> list[str]:
         """Book ``len(keys) * size_per_key`` bytes and return one URI per key."""
@@ -141,23 +152,13 @@ class SimulatedBackend(StorageBackend):
                 self._next_offset += size
             return out
         assert isinstance(spec, NfsStorageSpec | ThreeFSStorageSpec | VcnsThreeFSStorageSpec)
-        per_file = spec.key_count_per_file if spec.key_count_per_file > 0 else 1
-        out = []
-        for start in range(0, len(keys), per_file):
-            batch = keys[start : start + per_file]
-            file_name = batch[0] if len(batch) == 1 else f"{batch[0]}_{_file_hash(batch)}"
-            if isinstance(spec, NfsStorageSpec):
-                head = f"file://{name}{spec.root_path}{file_name}"  # plain concatenation, as the reference
-            else:
-                head = f"hf3fs://{name}/" + posixpath.join(spec.mountpoint, spec.root_dir, file_name).lstrip(
-                    "/"
-                )
-            # Parameters in key order, as format_uri writes them: blkid < size.
-            if per_file > 1:
-                out.extend(f"{head}?blkid={blkid}&size={size}" for blkid in range(len(batch)))
-            else:
-                out.append(f"{head}?size={size}")
-        return out
+        per_file = blocks_per_file(spec)
+        protocol = "file" if isinstance(spec, NfsStorageSpec) else "hf3fs"
+        packed = per_file > 1
+        uris: list[str] = []
+        for file_name, batch in packed_files(keys, per_file):
+            uris.extend(block_uris(protocol, name, file_path(spec, file_name), len(batch), size, packed))
+        return uris
 
 
 def simulated_backend_factory(

@@ -27,14 +27,22 @@ from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping, Sequence
 from typing import NamedTuple
 
+import numpy as np
+
 from kvsim.cache.types import CacheLocation, LocationStatus
-from kvsim.core.errors import KvsimError
+from kvsim.core.errors import ConfigError, KvsimError
 
 REGISTRY_KINDS: tuple[str, ...] = ("storage", "instance_group", "instance", "account")
 
 
 class StoreError(KvsimError):
     """The store could not carry out a read or write (the batch was not applied)."""
+
+
+class StoreOpenError(StoreError, ConfigError):
+    """A store cannot be opened: a bad URI or path, a server that does not answer, a file that is not
+    a kvsim store or whose schema is newer than this kvsim. Raised at start, in one line; kvsim never
+    falls back to the memory store."""
 
 
 class StoredLocation(NamedTuple):
@@ -140,6 +148,41 @@ class MetaStore(ABC):
     @abstractmethod
     def meta_instances(self) -> list[str]:
         """Ids of the instances that have at least one key, sorted."""
+
+    def meta_sample(self, instance_id: str, count: int, rng: np.random.Generator) -> list[int]:
+        """Up to ``count`` distinct keys of the instance drawn uniformly with ``rng`` (every key when it
+        has no more than ``count``), for the reclaimer; ascending.
+
+        Every store returns the same keys for the same key set and generator state: the candidates are
+        sorted by key before ``rng`` picks positions (see :func:`sample_sorted`), so the store's own
+        scan order (insertion order, B-tree order, Redis hash order) never decides the victims. This
+        default pages through :meth:`meta_scan` (Redis: HSCAN, never RANDOMKEY); a store may override
+        it with anything that returns the same list.
+        """
+        if count <= 0:
+            return []
+        keys: set[int] = set()  # a set: a scan racing with writes may repeat a key
+        cursor = ""
+        while True:
+            page, cursor = self.meta_scan(instance_id, cursor, 4096)
+            keys.update(page)
+            if not cursor:
+                return sample_sorted(sorted(keys), count, rng)
+
+
+def sample_sorted(keys: Sequence[int], count: int, rng: np.random.Generator) -> list[int]:
+    """Pick ``count`` of the ascending ``keys`` uniformly without replacement; ascending.
+
+    ``rng`` is used only when there is a choice (``len(keys) > count``): one
+    ``rng.choice(len(keys), count, replace=False)``, so two stores holding the same keys consume the
+    generator identically.
+    """
+    if count <= 0:
+        return []
+    if len(keys) <= count:
+        return list(keys)
+    picked = np.sort(rng.choice(len(keys), size=count, replace=False))
+    return [keys[i] for i in picked.tolist()]
 
 
 class CacheStore(RegistryStore, MetaStore):

@@ -10,7 +10,9 @@ from collections.abc import Collection, Mapping, Sequence
 from itertools import islice
 from typing import Any
 
-from kvsim.cache.store.base import REGISTRY_KINDS, CacheStore, KeyRecord, StoreError
+import numpy as np
+
+from kvsim.cache.store.base import REGISTRY_KINDS, CacheStore, KeyRecord, StoreError, sample_sorted
 
 
 class MemoryStore(CacheStore):
@@ -116,6 +118,13 @@ class MemoryStore(CacheStore):
     def meta_instances(self) -> list[str]:
         """Instances with keys."""
         return sorted(self._meta)
+
+    def meta_sample(self, instance_id: str, count: int, rng: np.random.Generator) -> list[int]:
+        """The base class's draw over ``sorted(table)`` (no scan; same keys as every other store)."""
+        table = self._meta.get(instance_id)
+        if not table or count <= 0:
+            return []
+        return sample_sorted(sorted(table), count, rng)
 
 
 def _check_disjoint(upserts: Mapping[Any, object], deletes: Collection[Any]) -> None:
