@@ -6,11 +6,11 @@ user names with ``--gpu PATH``. Every number in the YAML carries its unit (``96 
 
 A profile declares, per op family (:data:`OP_FAMILIES`), whether the predictor serves it from a measured
 ``table`` (a CSV beside the YAML, :mod:`kvsim.hardware.tables`), from a roofline with ``fitted``
-efficiency parameters (``fitted.yaml`` beside the YAML, written by ``scripts/fit_h20.py``), or from the
-plain ``roofline``. Loading is strict: a family declared ``table`` without a table file, a missing or
-malformed table, or a family declared ``fitted`` without parameters is refused with a one-line error that
-names the file. ``allow_roofline=True`` (the CLI's ``--allow-roofline``) serves such families from the
-roofline instead and records which ones in :attr:`GpuProfile.downgraded`.
+efficiency parameters (``fitted.yaml`` beside the YAML, written by ``scripts/fit_h200.py`` or
+``scripts/fit_h20.py``), or from the plain ``roofline``. Loading is strict: a family declared ``table``
+without a table file, a missing or malformed table, or a family declared ``fitted`` without parameters is
+refused with a one-line error that names the file. ``allow_roofline=True`` (the CLI's ``--allow-roofline``)
+serves such families from the roofline instead and records which ones in :attr:`GpuProfile.downgraded`.
 
 ``fitted.yaml`` also carries the leave-one-out validation errors per family and source, which the
 predictor turns into a step-time range and ``kvsim profiles`` shows.
@@ -37,6 +37,25 @@ SOURCE_CHOICES = ("table", "fitted", "roofline")
 #: backend was not recorded (the AIConfigurator H20-3e attention rows, kernel_source "default").
 ATTENTION_BACKENDS = ("fa3", "flashinfer", "triton")
 FITTED_FILE = "fitted.yaml"
+#: profile.yaml keys parse_profile interprets; any other key is kept in GpuProfile.extra
+_KNOWN_KEYS = frozenset(
+    {
+        "name",
+        "aliases",
+        "memory",
+        "memory_bandwidth",
+        "compute",
+        "sms",
+        "l2_cache",
+        "interconnect",
+        "roofline",
+        "sources",
+        "calibration",
+        "tables",
+        "table_backends",
+        "fitted",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +256,23 @@ def _read_fitted(
     return fitted
 
 
+def _backend_factors(factors: dict[Any, Any], where: str) -> dict[str, float]:
+    """Checked ``"measured->target": factor`` corrections (positive numbers between two named backends)."""
+    checked: dict[str, float] = {}
+    for pair, value in factors.items():
+        measured, arrow, target = str(pair).partition("->")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if not (measured and arrow and target) or not number > 0:
+            raise ConfigError(
+                f"{where}: attention_backend_factors {pair!r}: {value!r} is not 'a->b: factor > 0'"
+            )
+        checked[str(pair)] = number
+    return checked
+
+
 def parse_profile(
     data: dict[str, Any], where: str, folder: Folder | None = None, allow_roofline: bool = False
 ) -> GpuProfile:
@@ -297,22 +333,15 @@ def parse_profile(
             raise ConfigError(f"{where}: table_backends.{family}: only attention tables have a backend")
     calibration = data.get("calibration") or {}
     floor = fitted_file.get("table_timing_floor_us", 0.0)
-    known = {
-        "name",
-        "aliases",
-        "memory",
-        "memory_bandwidth",
-        "compute",
-        "sms",
-        "l2_cache",
-        "interconnect",
-        "roofline",
-        "sources",
-        "calibration",
-        "tables",
-        "table_backends",
-        "fitted",
+    extra = {k: v for k, v in data.items() if k not in _KNOWN_KEYS}
+    # Backend corrections measured by a fitting script live in fitted.yaml; factors stated by hand in
+    # profile.yaml take precedence over them.
+    factors = {
+        **(fitted_file.get("attention_backend_factors") or {}),
+        **(extra.get("attention_backend_factors") or {}),
     }
+    if factors:
+        extra["attention_backend_factors"] = _backend_factors(factors, where)
     return GpuProfile(
         name=name,
         aliases=tuple(str(a) for a in data.get("aliases", [])),
@@ -329,7 +358,7 @@ def parse_profile(
         sources=sources,
         calibrated=bool(calibration.get("calibrated", False)),
         calibrated_by=calibration.get("by"),
-        extra={k: v for k, v in data.items() if k not in known},
+        extra=extra,
         tables=tables,
         table_backends=backends,
         fitted=fitted,

@@ -12,7 +12,8 @@ attention_prefill  ``prefill_attention.csv`` ``batch,seq_len,num_heads,num_kv_he
 attention_decode   ``decode_attention.csv``  ``batch,kv_len,num_heads,num_kv_heads,head_dim,dtype,
                                              latency_ms``
 host_copy          ``copy.csv``              ``direction,bytes,pattern,chunks,latency_ms``
-elementwise        ``elementwise.csv``       ``op,bytes,dtype,latency_ms``
+elementwise        ``elementwise.csv``       ``op,bytes,dtype,latency_ms`` (optional ``width``: elements
+                                             per row, which groups an op's rows)
 communication      ``allreduce.csv``         ``tp,bytes,dtype,latency_ms``
 ================== ========================= =======================================================
 
@@ -70,13 +71,17 @@ TABLE_SCHEMAS: dict[str, tuple[str, dict[str, str], dict[str, str]]] = {
         {"direction": _STR, "bytes": _INT, "pattern": _STR, "chunks": _INT, "latency_ms": _FLOAT},
         {},
     ),
-    "elementwise": ("elementwise.csv", {"op": _STR, "bytes": _INT, "dtype": _STR, "latency_ms": _FLOAT}, {}),
+    "elementwise": (
+        "elementwise.csv",
+        {"op": _STR, "bytes": _INT, "dtype": _STR, "latency_ms": _FLOAT},
+        {"tokens": _INT, "width": _INT},
+    ),
     "communication": ("allreduce.csv", {"tp": _INT, "bytes": _INT, "dtype": _STR, "latency_ms": _FLOAT}, {}),
 }
 
 #: Columns that must be strictly positive (a zero-sized GEMM or a zero latency is a broken row).
 _POSITIVE = {"m", "n", "k", "batch", "seq_len", "kv_len", "num_heads", "num_kv_heads", "head_dim", "bytes"}
-_POSITIVE |= {"chunks", "tp", "latency_ms"}
+_POSITIVE |= {"chunks", "tp", "latency_ms", "tokens", "width"}
 
 
 @dataclass(frozen=True, slots=True)

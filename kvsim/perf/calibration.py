@@ -12,10 +12,15 @@ prefill attn  ``(heads, kv_heads, head_dim,   batch     mean keys per query     
               dtype, backend)``
 decode attn   ``(heads, kv_heads, head_dim,   batch     KV length per request       KV tokens read
               dtype, backend)``
-host copy     ``(direction, pattern)``        --        bytes                       bytes
-elementwise   ``(dtype,)``                    --        bytes                       bytes
+host copy     ``(direction, pattern)``        chunks    bytes                       bytes
+elementwise   ``(op, dtype)``                 width     bytes                       bytes
 allreduce     ``(tp, dtype)``                 --        bytes                       bytes
 ============= =============================== ========= =========================== ==================
+
+Elementwise rows are keyed by their ``op`` (``rmsnorm``, ``silu_and_mul``, ...) and grouped by their row
+``width`` when the table has that column (else one group): different kernels moving the same bytes take
+different times, and an RMSNorm over 128-wide head rows streams far slower than one over hidden-size rows.
+The predictor maps its ops onto these names (:data:`kvsim.perf.predictor.ELEMENTWISE_TABLE_OPS`).
 
 When the profile also has fitted parameters for the family, the table is *guided* by that model (see
 :mod:`kvsim.perf.interp`): each point carries the model's time for its row, and lookups interpolate the
@@ -29,7 +34,7 @@ mean of their time ratio is the correction factor between them (:func:`backend_f
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +48,7 @@ from kvsim.perf.families import (
     gemm_time,
     params_from_yaml,
     prefill_attention_time,
+    stream_time,
 )
 from kvsim.perf.interp import GroupedTable
 
@@ -56,6 +62,47 @@ def causal_pairs(seq_len: int, past_len: int = 0) -> int:
     return seq_len * past_len + seq_len * (seq_len + 1) // 2
 
 
+def row_point(
+    family: str, row: dict[str, Any], default_backend: str = "unknown", guide: Guide | None = None
+) -> tuple[Key, Point] | None:
+    """The lookup key and interpolation point of one table row (see the module table).
+
+    ``None`` for rows the predictor never reads (non-causal prefill). With a ``guide`` (:func:`row_guide`)
+    the point gets the model's time for the row as a fifth element.
+    """
+    if family == "attention_prefill" and int(row["causal"]) != 1:
+        return None  # language-model prefill is causal; other rows stay in the file, unused
+    seconds = float(row["latency_ms"]) * 1e-3
+    if family == "gemm":
+        m = float(row["m"])
+        key: Key = (int(row["n"]), int(row["k"]), dtype_key(str(row["dtype"])))
+        point: Point = (1.0, m, m, seconds)
+    elif family == "attention_prefill":
+        batch, seq = int(row["batch"]), int(row["seq_len"])
+        pairs = batch * causal_pairs(seq, int(row.get("past_len", 0) or 0))
+        key = _attention_key(row, default_backend)
+        point = (float(batch), pairs / (batch * seq), float(pairs), seconds)
+    elif family == "attention_decode":
+        batch, kv_len = int(row["batch"]), int(row["kv_len"])
+        key = _attention_key(row, default_backend)
+        point = (float(batch), float(kv_len), float(batch * kv_len), seconds)
+    elif family == "host_copy":
+        nbytes = float(row["bytes"])
+        key = (str(row["direction"]), str(row["pattern"]))
+        point = (float(row["chunks"]), nbytes, nbytes, seconds)
+    elif family == "elementwise":
+        nbytes = float(row["bytes"])
+        key = (str(row["op"]), dtype_key(str(row["dtype"])))
+        point = (float(row.get("width") or 1), nbytes, nbytes, seconds)
+    else:  # communication
+        nbytes = float(row["bytes"])
+        key = (int(row["tp"]), dtype_key(str(row["dtype"])))
+        point = (1.0, nbytes, nbytes, seconds)
+    if guide is not None:
+        point = (*point, guide(row))
+    return key, point
+
+
 def table_points(
     table: Table, default_backend: str = "unknown", guide: Guide | None = None
 ) -> dict[Key, list[tuple[float, ...]]]:
@@ -64,38 +111,10 @@ def table_points(
     With a ``guide`` (:func:`row_guide`) every point gets the model's time for its row as a fifth element.
     """
     points: dict[Key, list[tuple[float, ...]]] = defaultdict(list)
-    family = table.family
     for row in table.rows:
-        if family == "attention_prefill" and int(row["causal"]) != 1:
-            continue  # language-model prefill is causal; other rows stay in the file, unused
-        seconds = float(row["latency_ms"]) * 1e-3
-        extra = (guide(row),) if guide is not None else ()
-        if family == "gemm":
-            m = float(row["m"])
-            key: Key = (int(row["n"]), int(row["k"]), dtype_key(str(row["dtype"])))
-            point = (1.0, m, m, seconds)
-        elif family == "attention_prefill":
-            batch, seq = int(row["batch"]), int(row["seq_len"])
-            pairs = batch * causal_pairs(seq, int(row.get("past_len", 0) or 0))
-            key = _attention_key(row, default_backend)
-            point = (float(batch), pairs / (batch * seq), float(pairs), seconds)
-        elif family == "attention_decode":
-            batch, kv_len = int(row["batch"]), int(row["kv_len"])
-            key = _attention_key(row, default_backend)
-            point = (float(batch), float(kv_len), float(batch * kv_len), seconds)
-        elif family == "host_copy":
-            nbytes = float(row["bytes"])
-            key = (str(row["direction"]), str(row["pattern"]))
-            point = (float(row["chunks"]), nbytes, nbytes, seconds)
-        elif family == "elementwise":
-            nbytes = float(row["bytes"])
-            key = (dtype_key(str(row["dtype"])),)
-            point = (1.0, nbytes, nbytes, seconds)
-        else:  # communication
-            nbytes = float(row["bytes"])
-            key = (int(row["tp"]), dtype_key(str(row["dtype"])))
-            point = (1.0, nbytes, nbytes, seconds)
-        points[key].append((*point, *extra))
+        item = row_point(table.family, row, default_backend, guide)
+        if item is not None:
+            points[item[0]].append(item[1])
     return dict(points)
 
 
@@ -108,6 +127,48 @@ def _attention_key(row: dict[str, Any], default_backend: str) -> Key:
         dtype_key(str(row["dtype"])),
         backend,
     )
+
+
+#: rows of recently indexed tables by lookup key; each entry holds its table, so an id is never reused
+_INDEX: OrderedDict[tuple[int, str], tuple[Table, dict[Key, list[dict[str, Any]]]]] = OrderedDict()
+_INDEX_SIZE = 32
+
+
+def table_index(table: Table, default_backend: str = "unknown") -> dict[Key, list[dict[str, Any]]]:
+    """The rows of ``table`` the predictor reads, by lookup key (cached: a profile's tables are indexed once).
+
+    A predictor needs one key per op; indexing first means the guide is evaluated only for that key's rows
+    (a 3780-row GEMM table would otherwise cost every predictor tens of milliseconds).
+    """
+    cache_key = (id(table), default_backend)
+    hit = _INDEX.get(cache_key)
+    if hit is not None and hit[0] is table:
+        _INDEX.move_to_end(cache_key)
+        return hit[1]
+    index: dict[Key, list[dict[str, Any]]] = defaultdict(list)
+    for row in table.rows:
+        item = row_point(table.family, row, default_backend)
+        if item is not None:
+            index[item[0]].append(row)
+    _INDEX[cache_key] = (table, dict(index))
+    while len(_INDEX) > _INDEX_SIZE:
+        _INDEX.popitem(last=False)
+    return _INDEX[cache_key][1]
+
+
+def table_lookup(
+    table: Table, key: Key, default_backend: str = "unknown", guide: Guide | None = None
+) -> GroupedTable | None:
+    """The :class:`GroupedTable` of one key of ``table`` (guided by ``guide`` if given), or ``None``."""
+    rows = table_index(table, default_backend).get(key)
+    if not rows:
+        return None
+    points = []
+    for row in rows:
+        item = row_point(table.family, row, default_backend, guide)
+        assert item is not None  # the index holds only rows with a point
+        points.append(item[1])
+    return GroupedTable(points)
 
 
 def table_lookups(
@@ -161,6 +222,7 @@ def row_guide(profile: GpuProfile, family: str) -> Guide | None:
                     peak16,
                     bw,
                     prm,
+                    batch,
                 )
             )
 
@@ -203,6 +265,13 @@ def row_guide(profile: GpuProfile, family: str) -> Guide | None:
             return float(copy_time(nbytes, row["chunks"], bw if d2d else profile.pcie_bandwidth, prm))
 
         return copy_guide
+    if family == "elementwise":
+
+        def stream_guide(row: dict[str, Any]) -> float:
+            prm = pick(params, str(row["dtype"]), where)
+            return float(stream_time(float(row["bytes"]), bw, prm))
+
+        return stream_guide
     return None
 
 
@@ -251,6 +320,9 @@ __all__ = [
     "fitted_params",
     "pick",
     "row_guide",
+    "row_point",
+    "table_index",
+    "table_lookup",
     "table_lookups",
     "table_points",
 ]

@@ -2,16 +2,19 @@
 
 Each model turns a kernel's shape into seconds from the GPU's datasheet peaks (tensor FLOP/s, HBM
 bandwidth, link bandwidth) and a handful of fitted parameters (``fitted.yaml`` beside a profile, written
-by ``scripts/fit_h20.py``). Efficiencies saturate in the problem size, ``e(x) = e_max * x / (x + x_half)``,
-and a compute-bound and a memory-bound time are joined by a smooth maximum
-``blend(a, b, p) = (a^p + b^p)^(1/p)`` (``p`` large: a sharp roofline knee; ``p = 1``: the times add).
+by ``scripts/fit_h200.py`` and ``scripts/fit_h20.py``). Efficiencies saturate in the problem size,
+``e(x) = e_max * x / (x + x_half)``, and a compute-bound and a memory-bound time are joined by a smooth
+maximum ``blend(a, b, p) = (a^p + b^p)^(1/p)`` (``p`` large: a sharp roofline knee; ``p = 1``: the times add).
 
 - ``gemm_v1``: ``blend(2mnk / (peak * e_max * s(m) s(n) s(k)), bytes / (bw * e_mem * c(n) c(k)), p) + t0``
   with ``s(x) = x / (x + x_half)`` per dimension, ``bytes = nk*w + mk*a + mn*2``, and ``c(n)``, ``c(k)``
   memory-efficiency corrections piecewise linear in ``log2`` of the dimension (``exp`` of values at
   ``2^6, 2^8, ..., 2^16``; kernel choice makes skinny GEMMs stream worse or better than the average).
-- ``attention_prefill_v1``: ``blend(4 H d pairs / (peak * e_max * s(keys per query) s(query tiles)),
-  bytes / (bw * e_mem), p) + t0``; ``pairs`` are the causal query-key pairs, query tiles ``T*H/128``.
+- ``attention_prefill_v1``: ``blend(4 H d pairs / (peak * e_max * s(keys per query) s(work units)),
+  bytes / (bw * e_mem), p) + t0``; ``pairs`` are the causal query-key pairs; work units are the query
+  tiles ``T*H/128``, times ``1 + P / split_keys`` when ``split_keys`` is set, ``P`` the cached prefix per
+  request: FlashAttention kernels split a long cached prefix into chunks that run in parallel
+  (split-KV), so a short extend over a long prefix fills the GPU although it has few query tiles.
 - ``attention_decode_v1``: ``blend(c_unit * W^2 / (W + w_half), kv_bytes / (bw * e_mem * s(L)),
   flops_padded / (peak * e_c * s(L)), p) + t0`` with ``W = batch * kv_heads`` work units (one thread block
   each), ``L`` the mean KV length and ``flops_padded = 4 * head_dim * kv_tokens * kv_heads *
@@ -31,7 +34,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
 from kvsim.core.errors import ConfigError
@@ -81,7 +84,7 @@ class GemmParams:
 
 @dataclass(frozen=True, slots=True)
 class PrefillParams:
-    """``attention_prefill_v1`` parameters."""
+    """``attention_prefill_v1`` parameters (``split_keys`` 0: no split-KV term, fits without prefix rows)."""
 
     e_max: float
     kq_half: float
@@ -89,6 +92,7 @@ class PrefillParams:
     e_mem: float
     p: float
     t0: float
+    split_keys: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +155,8 @@ def params_from_yaml(model: str, values: dict[str, Any], where: str) -> Any:
         key = _MICROSECONDS.get(item.name, item.name)
         vector = isinstance(item.default, tuple)
         if key not in values:
-            if vector:
-                continue  # optional corrections default to none
+            if item.default is not MISSING:
+                continue  # optional terms (corrections, split-KV) default to none
             raise ConfigError(f"{where}: missing parameter {key!r}")
         try:
             if vector:
@@ -177,6 +181,8 @@ def params_to_yaml(params: Any, digits: int = 6) -> dict[str, Any]:
         if isinstance(value, tuple):
             out[key] = [float(f"{v:.{digits}g}") for v in value]
             continue
+        if item.default is not MISSING and value == item.default:
+            continue  # an optional term left off (e.g. no split-KV term) is not written
         if key.endswith("_us"):
             value = value * 1e6
         out[key] = float(f"{value:.{digits}g}")
@@ -243,15 +249,19 @@ def prefill_attention_time(
     peak: float,
     bw: float,
     prm: PrefillParams,
+    requests: Number = 1.0,
 ) -> Number:
-    """Seconds of one extend/prefill attention kernel over a batch (aggregate batch features)."""
+    """Seconds of one extend/prefill attention kernel over a batch of ``requests`` (aggregate features)."""
     flops = 4.0 * heads * head_dim * pairs
     # Read Q, write O, read the whole context's K and V, write the new tokens' K and V (as ops.py counts).
     nbytes = 2.0 * tokens * heads * head_dim * act_bytes
     nbytes = nbytes + 2.0 * kv_heads * head_dim * kv_bytes * (context + tokens)
     keys_per_query = pairs / tokens
-    tiles = tokens * heads / 128.0
-    eff = prm.e_max * keys_per_query / (keys_per_query + prm.kq_half) * tiles / (tiles + prm.tiles_half)
+    units = tokens * heads / 128.0  # query tiles
+    if prm.split_keys:
+        # split-KV: each query tile's cached prefix runs as parallel chunks of about split_keys keys
+        units = units * (1.0 + (context - tokens) / requests / prm.split_keys)
+    eff = prm.e_max * keys_per_query / (keys_per_query + prm.kq_half) * units / (units + prm.tiles_half)
     return blend(flops / (peak * eff), nbytes / (bw * prm.e_mem), prm.p) + prm.t0
 
 

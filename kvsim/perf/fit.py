@@ -5,7 +5,7 @@ on the log of predicted over measured time, with a soft-L1 loss so that a few od
 steps, clock changes) do not drag the curve. Held-out error is measured by leave-one-out refits for small
 tables and by k-fold cross-validation for large ones (the caller says which, and the report prints it).
 
-scipy is imported lazily: the predictor never needs it, only ``scripts/fit_h20.py`` and the validation.
+scipy is imported lazily: the predictor never needs it, only the fitting scripts (``scripts/fit_h2*.py``).
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ import numpy as np
 
 from kvsim.perf.families import (
     PARAM_TYPES,
+    copy_time,
     decode_attention_time,
     gemm_time,
     prefill_attention_time,
+    stream_time,
 )
 
 Data = Mapping[str, Any]
@@ -195,6 +197,7 @@ def _prefill_predict(prm: Any, d: Data) -> np.ndarray:
         d["peak"],
         d["bw"],
         prm,
+        d.get("requests", 1.0),
     )
 
 
@@ -210,6 +213,15 @@ PREFILL = FitSpec(
         "p": (1.0, 64.0),
         "t0": (1e-8, 1e-3),
     },
+)
+
+#: attention_prefill_v1 with its split-KV term, for tables with extend rows (a cached prefix); without
+#: them ``split_keys`` has nothing to fit
+PREFILL_SPLIT = FitSpec(
+    model="attention_prefill_v1",
+    predict=_prefill_predict,
+    init={**PREFILL.init, "split_keys": 2048.0},
+    bounds={**PREFILL.bounds, "split_keys": (1.0, 1e7)},
 )
 
 
@@ -243,14 +255,48 @@ DECODE = FitSpec(
     },
 )
 
-SPECS = {"gemm": GEMM, "attention_prefill": PREFILL, "attention_decode": DECODE}
+
+def _stream_predict(prm: Any, d: Data) -> np.ndarray:
+    return stream_time(d["bytes"], d["bw"], prm)
+
+
+STREAM = FitSpec(
+    model="stream_v1",
+    predict=_stream_predict,
+    init={"e_mem": 0.8, "t0": 4e-6},
+    bounds={"e_mem": (0.01, 1.5), "t0": (1e-8, 1e-3)},
+)
+
+
+def _copy_predict(prm: Any, d: Data) -> np.ndarray:
+    # d2d copies read and write every byte: ``mult`` is 2 for them, 1 for host copies
+    return copy_time(d["bytes"] * d["mult"], d["chunks"], d["bw"], prm)
+
+
+COPY = FitSpec(
+    model="copy_v1",
+    predict=_copy_predict,
+    init={"e": 0.85, "t0": 10e-6, "chunk": 5e-6},
+    bounds={"e": (0.01, 1.0), "t0": (1e-7, 1e-3), "chunk": (1e-8, 1e-3)},
+)
+
+SPECS = {
+    "gemm": GEMM,
+    "attention_prefill": PREFILL,
+    "attention_decode": DECODE,
+    "elementwise": STREAM,
+    "host_copy": COPY,
+}
 
 __all__ = [
+    "COPY",
     "DECODE",
     "GEMM",
     "GEMM_PLAIN",
     "PREFILL",
+    "PREFILL_SPLIT",
     "SPECS",
+    "STREAM",
     "FitSpec",
     "fit",
     "held_out_errors",

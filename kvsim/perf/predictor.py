@@ -14,12 +14,14 @@ Each op is served by the source its GPU profile declares for the op's family:
 
 Tables measured one kernel at a time between CUDA events include the host's launch latency; the profile's
 ``table_timing_floor`` is subtracted from every such kernel (never below ``kernel_latency``), because
-SGLang runs kernels back to back or from CUDA graphs. Decode batches are padded to the next batch size
-SGLang captured a CUDA graph for (padding adds GEMM and elementwise rows, not KV reads) and pay one graph
-launch; larger decode batches and every other step run eagerly and pay an idle gap per kernel.
-``overhead`` is that GPU launch cost only; the scheduler's CPU time belongs to the engine. Attention times
-measured under one backend are corrected to the deployment's backend by a factor fitted where the profile
-has both (1.0 otherwise). Tensor-parallel all-reduces run as a ring over NVLink (PCIe without it).
+SGLang runs kernels back to back or from CUDA graphs (``kvsim calibrate``'s rows are kernel time: floor
+0). Decode batches are padded to the next batch size SGLang captured a CUDA graph for (padding adds GEMM
+and elementwise rows, not KV reads) and pay one graph launch; larger decode batches and every other step
+run eagerly and pay an idle gap per kernel. ``overhead`` is that GPU launch cost only; the scheduler's CPU
+time belongs to the engine. Attention times measured under one backend are corrected to the deployment's
+backend by a factor fitted where the table has both, else one the profile states
+(``attention_backend_factors``), else 1.0. Tensor-parallel all-reduces run as a ring over NVLink (PCIe
+without it).
 
 ``predict_sums`` is the engine's fast path: everything but attention depends only on the (padded) token
 and request counts and is memoized per count; attention is a handful of scalar operations.
@@ -46,7 +48,8 @@ from kvsim.perf.calibration import (
     fitted_params,
     pick,
     row_guide,
-    table_lookups,
+    table_index,
+    table_lookup,
     table_points,
 )
 from kvsim.perf.cuda_graph import cuda_graph_batch_sizes, default_cuda_graph_max_bs, padded_batch_size
@@ -78,6 +81,18 @@ OP_FAMILY = {
     "allreduce": "communication",
 }
 _CACHE_LIMIT = 1 << 16
+#: elementwise op -> the ``op`` of the elementwise-table rows that time it. SGLang's norms are fused
+#: (add +) RMSNorm kernels and its activation a fused SiLU-and-mul, which the calibration times as such.
+#: ``rope`` is absent on purpose: SGLang applies RoPE to q and k in one fused kernel, while the
+#: calibration's ``rope`` rows time about a dozen unfused torch kernels; the fitted stream model serves it.
+ELEMENTWISE_TABLE_OPS = {
+    "embedding": "embedding",
+    "attn_norm": "rmsnorm",
+    "qk_norm": "rmsnorm",
+    "mlp_norm": "rmsnorm",
+    "act": "silu_and_mul",
+    "final_norm": "rmsnorm",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +248,7 @@ class StepTimePredictor:
         for name in GEMM_OPS:
             self._setup_gemm(name, unit[name])
         for name in ELEMENTWISE_OPS:
-            self._setup_elementwise(name, unit[name])
+            self._setup_elementwise(name, unit[name], self._row_width(name))
         self._setup_allreduce()
         self._prefill, prefill_source, prefill_error = self._setup_attention("attention_prefill")
         self._decode, decode_source, decode_error = self._setup_attention("attention_decode")
@@ -316,7 +331,7 @@ class StepTimePredictor:
         kernel: Kernel | None = None
         if source == "table":
             guide = row_guide(gpu, "gemm")
-            lookup = table_lookups(gpu.tables["gemm"], guide=guide).get((n, k, dtype_key(dtype)))
+            lookup = table_lookup(gpu.tables["gemm"], (n, k, dtype_key(dtype)), guide=guide)
             if lookup is not None:
                 floor = gpu.table_timing_floor_s
                 if guide is None:
@@ -344,7 +359,18 @@ class StepTimePredictor:
         if kernel is not None:
             self._kernels[name] = kernel
 
-    def _setup_elementwise(self, name: str, unit: OpWork) -> None:
+    def _row_width(self, name: str) -> int:
+        """Elements per row of an elementwise op's kernel (the elementwise table's ``width``)."""
+        spec, tp = self.deployment.model, self.deployment.tp
+        if name == "qk_norm":
+            return spec.head_dim  # q and k are normed per head: rows of head_dim
+        if name == "act":
+            return spec.intermediate_size // tp
+        if name == "rope":
+            return (self._q_heads + self._kv_heads) * spec.head_dim
+        return spec.hidden_size
+
+    def _setup_elementwise(self, name: str, unit: OpWork, width: int) -> None:
         gpu = self.deployment.gpu
         source = gpu.sources["elementwise"]
         if unit.kernels == 0:
@@ -354,12 +380,25 @@ class StepTimePredictor:
         per_token = unit.bytes / unit.kernels  # bytes one kernel moves per token
         kernel: Kernel | None = None
         if source == "table":
-            lookup = table_lookups(gpu.tables["elementwise"]).get((dtype_key(self._act_key),))
+            guide = row_guide(gpu, "elementwise")
+            table_op = ELEMENTWISE_TABLE_OPS.get(name)
+            key = (table_op, dtype_key(self._act_key))
+            lookup = table_lookup(gpu.tables["elementwise"], key, guide=guide) if table_op else None
             if lookup is not None:
                 floor = gpu.table_timing_floor_s
-                kernel = lambda tokens, t=lookup, f=floor: self._floor(  # noqa: E731
-                    t(1.0, per_token * tokens, per_token * tokens), f
-                )
+                if guide is None:
+                    kernel = lambda tokens, t=lookup, f=floor: self._floor(  # noqa: E731
+                        t(width, per_token * tokens, per_token * tokens), f
+                    )
+                else:
+                    _, params, _ = fitted_params(gpu, "elementwise")
+                    prm = pick(params, self._act_key, f"profile {gpu.name} fitted elementwise")
+                    bw = gpu.memory_bandwidth
+
+                    def kernel(tokens: float, t: Any = lookup, f: float = floor, p: Any = prm) -> float:
+                        nbytes = per_token * tokens
+                        return self._floor(t(width, nbytes, nbytes, stream_time(nbytes, bw, p)), f)
+
             elif "elementwise" in gpu.fitted:
                 source = "fitted"
             else:
@@ -384,7 +423,7 @@ class StepTimePredictor:
             layers2 = 2 * dep.model.num_layers
             one: Kernel | None = None
             if source == "table":
-                lookup = table_lookups(gpu.tables["communication"]).get((dep.tp, dtype_key(self._act_key)))
+                lookup = table_lookup(gpu.tables["communication"], (dep.tp, dtype_key(self._act_key)))
                 if lookup is not None:
                     floor = gpu.table_timing_floor_s
                     one = lambda nbytes, t=lookup, f=floor: self._floor(t(1.0, nbytes, nbytes), f)  # noqa: E731
@@ -413,16 +452,17 @@ class StepTimePredictor:
         heads, kv_heads, head_dim = self._q_heads, self._kv_heads, self._head_dim
         if source == "table":
             measured = gpu.table_backends.get(family, "unknown")
-            points = table_points(gpu.tables[family], measured)
             shape = (heads, kv_heads, head_dim, self._kv_key)
-            backends = [key[-1] for key in points if key[:-1] == shape]
+            backends = [key[-1] for key in table_index(gpu.tables[family], measured) if key[:-1] == shape]
             if backends:
-                chosen = dep.attention_backend if dep.attention_backend in backends else backends[0]
+                chosen = _serving_backend(dep.attention_backend, backends)
+                points = table_points(gpu.tables[family], measured)
                 factor = backend_factor(points, chosen, dep.attention_backend)
                 if factor is None:
                     factor = self._configured_factor(chosen)
                 guide = row_guide(gpu, family)
-                lookup = table_lookups(gpu.tables[family], measured, guide)[(*shape, chosen)]
+                lookup = table_lookup(gpu.tables[family], (*shape, chosen), measured, guide)
+                assert lookup is not None  # chosen among the table's backends for this shape
                 model = self._attention_model(family, with_floor=False) if guide is not None else None
                 floor = gpu.table_timing_floor_s
                 scale = layers * factor
@@ -500,6 +540,7 @@ class StepTimePredictor:
                 peak,
                 bw,
                 prm,
+                sums.num_requests,
             )
             return self._floor(seconds, floor)
 
@@ -578,6 +619,18 @@ class StepTimePredictor:
         return kernels * roof.kernel_gap_s
 
 
+def _serving_backend(target: str, measured: Sequence[str]) -> str:
+    """The measured backend whose rows serve a deployment on attention backend ``target``.
+
+    ``target`` itself when the table has it; else the first of SGLang's backends the table has (a
+    Triton paged kernel stands in for FA3 better than torch's contiguous matmul does); else the
+    table's first backend. The caller corrects the times by the factor between the two, when known.
+    """
+    if target in measured:
+        return target
+    return next((b for b in measured if b in ATTENTION_BACKENDS), measured[0])
+
+
 def validate_batch(batch: Sequence[tuple[int, int]]) -> None:
     """Refuse empty batches and non-positive extend or negative past lengths."""
     if len(batch) == 0:
@@ -591,6 +644,7 @@ def validate_batch(batch: Sequence[tuple[int, int]]) -> None:
 
 __all__ = [
     "ELEMENTWISE_OPS",
+    "ELEMENTWISE_TABLE_OPS",
     "GEMM_OPS",
     "OP_FAMILY",
     "Deployment",

@@ -11,11 +11,16 @@ Two kinds of held-out error, per op family:
 Errors are relative (``predicted / measured - 1``); summaries report the median of their absolute values
 and the 90th percentile. The third-party H20-3e tables are read from ``../shared`` and never copied:
 :func:`aic_tables` returns them filtered to the dtypes kvsim models.
+
+:func:`merge_runs` turns two runs of ``kvsim calibrate`` into one table, discarding host-bound rows (see
+there); :func:`run_spread` measures how far two runs of the same rows differ, the noise floor that no
+held-out error can be expected to beat.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from kvsim.hardware.tables import Table
-from kvsim.perf.calibration import Guide, table_points
+from kvsim.perf.calibration import Guide, Key, Point, row_point, table_points
 from kvsim.perf.interp import GroupedTable, leave_one_out
 
 #: AIConfigurator dtype labels -> kvsim parameter keys. kvsim's fp8 checkpoints are 128x128
@@ -65,31 +70,149 @@ def guided_table_loo(
 ) -> list[float | None]:
     """Leave-one-out of a model-guided table, the guide refitted without the held-out row.
 
-    ``guide_for(i)`` returns the per-row guide fitted on every row but ``i`` (``None``: unguided).
-    Rows the predictor never reads (non-causal prefill) and rows alone under their key give ``None``.
+    ``guide_for(i)`` returns the per-row guide fitted without row ``i`` (``None``: unguided); rows that
+    share a guide object (one fold of a k-fold refit) share its evaluation, so return the same object
+    for them. Rows the predictor never reads (non-causal prefill) and rows alone under their key give
+    ``None``.
     """
+    by_guide: dict[int, tuple[Guide | None, dict[Key, list[tuple[int, Point]]]]] = {}
     errors: list[float | None] = []
     for index, row in enumerate(table.rows):
         guide = guide_for(index)
-        target = table_points(Table(table.family, table.path, table.columns, (row,)), default_backend, guide)
-        if not target:
+        # Keyed by identity; the guide itself is kept in the value, so an id is never reused.
+        cached = by_guide.get(id(guide))
+        if cached is None:
+            grouped: dict[Key, list[tuple[int, Point]]] = defaultdict(list)
+            for j, other in enumerate(table.rows):
+                item = row_point(table.family, other, default_backend, guide)
+                if item is not None:
+                    grouped[item[0]].append((j, item[1]))
+            cached = (guide, grouped)
+            by_guide[id(guide)] = cached
+        own = row_point(table.family, row, default_backend, guide)
+        if own is None:
             errors.append(None)
             continue
-        ((key, (point,)),) = target.items()
-        rest_rows = table.rows[:index] + table.rows[index + 1 :]
-        rest = table_points(Table(table.family, table.path, table.columns, rest_rows), default_backend, guide)
-        if key not in rest:
+        key, point = own
+        rest = [p for j, p in cached[1][key] if j != index]
+        if not rest:
             errors.append(None)
             continue
         g, x, w, t = point[:4]
         guide_value = point[4] if len(point) == 5 else None
-        errors.append(GroupedTable(rest[key])(g, x, w, guide_value) / t - 1.0)
+        errors.append(GroupedTable(rest)(g, x, w, guide_value) / t - 1.0)
     return errors
 
 
 def flatten(errors_by_key: dict[Any, list[float | None]]) -> list[float | None]:
     """All errors of a per-key mapping in one list."""
     return [error for errors in errors_by_key.values() for error in errors]
+
+
+# ---- two calibration runs into one table ------------------------------------------------------------------
+
+#: A row counts as host-bound when it is this many times slower than the same row in the other run, or than
+#: a row of the same shape that does at least as much work along every axis.
+HOST_BOUND_RATIO = 1.5
+#: Per ``kvsim calibrate`` table: the columns naming a kernel shape, and the columns whose growth adds work
+#: (a row whose work columns are all >= another's, at the same shape, cannot take less time). More query heads
+#: over the same KV heads add prefill FLOPs, and more KV heads under the same query heads add decode bytes.
+ROW_SHAPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "gemm": (("n", "k", "dtype"), ("m",)),
+    "attention_prefill": (
+        ("num_kv_heads", "head_dim", "causal", "dtype", "backend", "past_len"),
+        ("batch", "seq_len", "num_heads"),
+    ),
+    "attention_decode": (
+        ("num_heads", "head_dim", "dtype", "backend", "page_size"),
+        ("batch", "kv_len", "num_kv_heads"),
+    ),
+    "extend_attention": (
+        ("batch", "num_kv_heads", "head_dim", "dtype"),
+        ("extend_len", "prefix_len", "num_heads"),
+    ),
+    "elementwise": (("op", "width", "dtype"), ("tokens",)),
+    "host_copy": (("direction", "pattern"), ("bytes", "chunks")),
+}
+
+
+@dataclass(frozen=True)
+class RowFix:
+    """A row :func:`merge_runs` changed: ``action`` is ``"run2"`` (the other run's value) or ``"dropped"``."""
+
+    row: dict[str, str]
+    action: str
+    faster_ms: float  # the run-2 twin, or the fastest row doing at least as much work
+
+
+def _shape(row: dict[str, str], columns: Sequence[str]) -> tuple[str, ...]:
+    return tuple(row.get(column, "") for column in columns)
+
+
+def merge_runs(
+    family: str,
+    run1: Sequence[dict[str, str]],
+    run2: Sequence[dict[str, str]] | None = None,
+    drop_dominated: bool = True,
+) -> tuple[list[dict[str, str]], list[RowFix]]:
+    """One table from two calibration runs of the same rows, host-bound rows replaced or dropped.
+
+    ``kvsim calibrate`` keeps the GPU asleep while the host queues a row's repeats, so that the rows are
+    kernel time; a call whose host side outlasts that sleep (a Python-heavy call such as a Triton
+    launch or an SDPA call inside a backend context manager, on a kernel of a few microseconds) leaves
+    the GPU waiting on the host, and its row measures the host instead. That error only ever adds time,
+    so: a run-1 row more than :data:`HOST_BOUND_RATIO` times slower than its run-2 twin takes the twin's
+    value; then, with ``drop_dominated``, a row that many times slower than a row of its shape with at
+    least as much work along every axis (:data:`ROW_SHAPES`) is dropped, both runs having been
+    host-bound there. Leave ``drop_dominated`` off for tables of single cheap launches (cuBLAS GEMMs,
+    one-kernel elementwise ops), whose host side fits the sleep and whose few non-monotone rows are
+    kernel choices that both runs reproduce. Rows are the CSV text as read (strings), so kept rows are
+    written back byte for byte. Returns the rows (run-1 order) and what was changed.
+    """
+    shape_cols, work_cols = ROW_SHAPES[family]
+    twin_cols = (*shape_cols, *work_cols)
+    twins = {_shape(row, twin_cols): row for row in run2 or ()}
+    fixes: list[RowFix] = []
+    merged: list[dict[str, str]] = []
+    for row in run1:
+        twin = twins.get(_shape(row, twin_cols))
+        if twin is not None and float(twin["latency_ms"]) * HOST_BOUND_RATIO < float(row["latency_ms"]):
+            fixes.append(RowFix(dict(row), "run2", float(twin["latency_ms"])))
+            row = twin
+        merged.append(dict(row))
+    by_shape: dict[tuple[str, ...], list[tuple[tuple[float, ...], float]]] = defaultdict(list)
+    for row in merged:
+        work = tuple(float(row[c]) for c in work_cols)
+        by_shape[_shape(row, shape_cols)].append((work, float(row["latency_ms"])))
+    kept: list[dict[str, str]] = []
+    for row in merged:
+        work = tuple(float(row[c]) for c in work_cols)
+        own = float(row["latency_ms"])
+        larger = [
+            t
+            for w, t in by_shape[_shape(row, shape_cols)]
+            if w != work and all(a >= b for a, b in zip(w, work, strict=True))
+        ]
+        if drop_dominated and larger and min(larger) * HOST_BOUND_RATIO < own:
+            fixes.append(RowFix(row, "dropped", min(larger)))
+            continue
+        kept.append(row)
+    return kept, fixes
+
+
+def run_spread(
+    family: str, run1: Sequence[dict[str, str]], run2: Sequence[dict[str, str]]
+) -> list[tuple[dict[str, str], float]]:
+    """Every run-1 row with a run-2 twin, and ``run2 / run1 - 1`` of its latency."""
+    shape_cols, work_cols = ROW_SHAPES[family]
+    columns = (*shape_cols, *work_cols)
+    twins = {_shape(row, columns): row for row in run2}
+    out = []
+    for row in run1:
+        twin = twins.get(_shape(row, columns))
+        if twin is not None:
+            out.append((row, float(twin["latency_ms"]) / float(row["latency_ms"]) - 1.0))
+    return out
 
 
 # ---- the third-party H20-3e tables -------------------------------------------------------------------------
@@ -162,6 +285,7 @@ def prefill_arrays(frame: Any, key: str, peak: float, bw: float) -> tuple[dict, 
         "peak": peak,
         "bw": bw,
         "isl": isl,
+        "requests": batch,
     }
     return data, rows.latency.to_numpy(float) * 1e-3
 
@@ -200,14 +324,19 @@ __all__ = [
     "AIC_ATTENTION_DTYPES",
     "AIC_DIR",
     "AIC_GEMM_DTYPES",
+    "HOST_BOUND_RATIO",
+    "ROW_SHAPES",
     "ErrorSummary",
+    "RowFix",
     "aic_tables",
     "decode_arrays",
     "flatten",
     "gemm_arrays",
     "gemm_bound",
     "guided_table_loo",
+    "merge_runs",
     "prefill_arrays",
+    "run_spread",
     "shared_root",
     "table_loo",
 ]
