@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "optimize": ("kvsim.cli.optimize", "trace-replay KV-cache hit rates and capacity planning"),
     "calibrate": ("kvsim.cli.calibrate", "measure a GPU into calibration tables and install it as a profile"),
     "serve": ("kvsim.cli.serve", "run the KVCM-compatible cache service (gRPC + HTTP)"),
+    "compare": ("kvsim.cli.compare", "compare a simulated run with a real sglang.bench_serving result"),
 }
 
 
