@@ -289,7 +289,7 @@ def fit_gemm(gpu: GpuProfile, table: Table) -> tuple[dict, dict, dict]:
     shapes = {key: len({(r["n"], r["k"]) for r in rows if r["dtype"] == key}) for key in ("bf16", "fp8")}
     family = {
         "model": "gemm_v1",
-        "basis": f"fitted per dtype on the H200 gemm table: bf16 ({shapes['bf16']} shapes, cuBLAS via "
+        "basis": f"fitted per dtype on the {gpu.name} gemm table: bf16 ({shapes['bf16']} shapes, cuBLAS via "
         f"F.linear) and fp8 ({shapes['fp8']} shapes, torch._scaled_mm, per-tensor scales), m = 1 .. 16384",
         "params": {key: params_to_yaml(p) for key, p in params.items()},
     }
@@ -367,10 +367,10 @@ def fit_attention(
         "fitted:fp8": {
             "median_rel_err": PRIOR_ERR["fp8_kv_attention"],
             "rows": 0,
-            "method": "prior: no fp8-KV rows on the H200 (the 16-bit fit with 1-byte KV)",
+            "method": f"prior: no fp8-KV rows on the {gpu.name} (the 16-bit fit with 1-byte KV)",
         },
     }
-    rows_note = f"the {n} {backend} rows of the H200 {family} table"
+    rows_note = f"the {n} {backend} rows of the {gpu.name} {family} table"
     if extra:
         rows_note += (
             f" and the {len(extra)} extend rows (extend_attention.csv: new tokens over a cached prefix)"
@@ -384,13 +384,13 @@ def fit_attention(
     return entry, validation, detail, params
 
 
-def extend_rows(backend: str) -> list[dict[str, Any]]:
-    """The packaged extend rows in the prefill table's format (``past_len`` = the cached prefix).
+def extend_rows(backend: str, folder: Path = PROFILE) -> list[dict[str, Any]]:
+    """The extend rows packaged in ``folder``, in the prefill table's format (``past_len``: cached prefix).
 
     They time SDPA with a bottom-right causal mask, not pinned to a backend; their long-extend rows reach the
     pinned FlashAttention rows' throughput (about 350 TFLOPS), so they are taken as that kernel.
     """
-    _, rows = read_rows(PROFILE / "extend_attention.csv")
+    _, rows = read_rows(folder / "extend_attention.csv")
     return [
         {
             "batch": int(r["batch"]),
@@ -469,8 +469,8 @@ def fit_elementwise(gpu: GpuProfile, table: Table) -> tuple[dict, dict, dict]:
     }
     entry = {
         "model": "stream_v1",
-        "basis": f"fitted on the H200 elementwise rows of {ops} (Triton RMSNorm and SiLU-and-mul, torch "
-        "embedding; 1 .. 16384 tokens); also serves RoPE, which SGLang fuses into one kernel",
+        "basis": f"fitted on the {gpu.name} elementwise rows of {ops} (Triton RMSNorm and SiLU-and-mul, "
+        "torch embedding; 1 .. 16384 tokens); also serves RoPE, which SGLang fuses into one kernel",
         "params": {"any": params_to_yaml(params)},
     }
     return entry, validation, detail
@@ -518,8 +518,9 @@ def fit_copies(gpu: GpuProfile, table: Table) -> tuple[dict, dict, dict]:
     table_err = guided_table_loo(table, lambda i: guides[i])
     entry = {
         "model": "copy_v1",
-        "basis": "fitted on the H200 copy table (timed as served: one host call per copy or chunk): h2d and "
-        "d2h against PCIe (64 GB/s), d2d against HBM with read + write bytes (one row: fixed costs of h2d)",
+        "basis": f"fitted on the {gpu.name} copy table (timed as served: one host call per copy or chunk): "
+        "h2d and d2h against PCIe (64 GB/s), d2d against HBM with read + write bytes (one row: fixed costs "
+        "of h2d)",
         "params": {d: params_to_yaml(p) for d, p in params.items()},
     }
     validation = {
