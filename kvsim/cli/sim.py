@@ -41,6 +41,10 @@ _SERVER_FLAGS = (
     "hicache_write_policy",
     "hicache_io_backend",
     "hicache_mem_layout",
+    "hicache_storage_backend",
+    "hicache_storage_prefetch_policy",
+    "hicache_storage_backend_extra_config",
+    "hicache_storage_tier",
 )
 _WORKLOAD_FLAGS = (
     "dataset_name",
@@ -97,6 +101,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     hicache.add_argument(
         "--hicache-mem-layout", help="layer_first (default), page_first or page_first_direct"
     )
+    hicache.add_argument(
+        "--hicache-storage-backend",
+        help="L3 storage tier: file or mooncake (plain stores), or kvcm (Tair KVCM; configure it in the "
+        "experiment file's kvcm: section)",
+    )
+    hicache.add_argument(
+        "--hicache-storage-prefetch-policy", help="best_effort (default), wait_complete or timeout"
+    )
+    hicache.add_argument(
+        "--hicache-storage-backend-extra-config",
+        help="JSON; prefetch_threshold (256 tokens), prefetch_timeout_base (1 s) and "
+        "prefetch_timeout_per_ki_token (0.25 s) are used, e.g. '{\"prefetch_threshold\": 512}'",
+    )
+    hicache.add_argument(
+        "--hicache-storage-tier",
+        help="kvsim: storage tier of a file/mooncake store (nfs, 3fs, mooncake, host_dram, hisim_disk; "
+        "default nfs for file, mooncake for mooncake)",
+    )
     workload = parser.add_argument_group("workload (sglang.bench_serving)")
     workload.add_argument("--dataset-name", choices=DATASET_CHOICES)
     workload.add_argument("--dataset-path", help="trace file for --dataset-name mooncake")
@@ -115,7 +137,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     workload.add_argument("--seed", type=int)
     run = parser.add_argument_group("run")
     run.add_argument("--output-dir", help="run directory (default runs/sim-<timestamp>)")
-    run.add_argument("--config", help="experiment YAML (sections model, gpu, server, workload, output)")
+    run.add_argument("--config", help="experiment YAML (sections model, gpu, server, workload, output, kvcm)")
     run.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     run.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     run.add_argument(

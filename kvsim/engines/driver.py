@@ -11,6 +11,10 @@ A load-back runs layer by layer on its own stream and each layer's compute waits
 (it is issued when the step is scheduled), so that step's GPU time is a head start. Write-through backups
 run on their own stream and cost the step nothing; write-back backups made during an eviction are waited
 for by the scheduler, on the CPU side of the step.
+
+With an L3 storage tier the storage transfers (prefetches into host memory, backups out of it) run in
+the background on the tier's shared bandwidth and cost no step time; the scheduler sees their progress
+at each prefill attempt, and the driver also wakes when one may let a waiting request in.
 """
 
 from __future__ import annotations
@@ -96,6 +100,9 @@ class EngineDriver:
         sched = self.scheduler
         cached = max(state.cached_tokens, 0)
         tiers = sched.hicache is not None  # per-tier counts only where there are tiers
+        l3 = sched.l3 is not None
+        if sched.l3 is not None:
+            sched.l3.forget(state)
         record = RequestRecord(
             request_id=state.req.request_id,
             arrival_s=state.req.arrival_s,
@@ -108,6 +115,9 @@ class EngineDriver:
             token_times=sched.token_times(state),
             cached_tokens_device=cached - state.cached_host if tiers else None,
             cached_tokens_host=state.cached_host if tiers else None,
+            cached_tokens_storage=state.cached_storage if l3 else None,
+            prefetched_tokens=state.prefetched_tokens if l3 else None,
+            prefetch_s=state.prefetch_s if l3 and state.prefetch_s >= 0 else None,
         )
         self.stats.records.append(record)
         self._in_flight -= 1

@@ -1,12 +1,14 @@
-"""Experiments: a config (YAML sections ``model``, ``gpu``, ``server``, ``workload``, ``output``) resolved
-into a simulated SGLang run, and the run directory it writes.
+"""Experiments: a config (YAML sections ``model``, ``gpu``, ``server``, ``workload``, ``output`` and, for the
+KVCM storage backend, ``kvcm``) resolved into a simulated SGLang run, and the run directory it writes.
 
 Resolution order, lowest first: the packaged default experiment < a ``--config`` file < explicit flags
 (or a dict of overrides from a notebook). Unknown keys are refused with the list of valid ones.
 ``run_experiment`` returns a :class:`SimResult` in memory; ``write_run`` writes ``metrics.json``,
 ``requests.jsonl``, ``iterations.jsonl``, ``config.resolved.yaml``, ``run.json`` and the plots (and, with
 ``output.hisim_file_aliases``, copies of the two logs under HiSim's names ``request.jsonl`` and
-``iteration.jsonl``). With HiCache, ``metrics.json`` also gets :func:`hicache_metrics`.
+``iteration.jsonl``). With HiCache, ``metrics.json`` also gets :func:`hicache_metrics`; with an L3
+storage backend :func:`l3_metrics`, and with the ``kvcm`` backend the run directory also holds KVCM's
+event log, ``kvcm_events.jsonl`` (the reference's publisher format, replayable by ``kvsim optimize``).
 """
 
 from __future__ import annotations
@@ -24,12 +26,23 @@ from typing import Any
 import yaml
 
 from kvsim import __version__
+from kvsim.cache.events import EventSink, JsonlFileSink
 from kvsim.core.errors import ConfigError, UserInputError
 from kvsim.core.rng import spawn_rng
 from kvsim.engines.driver import DriverStats, EngineDriver
-from kvsim.engines.sglang.config import HICACHE_ARGS, ResolvedServer, ServerArgs, resolve_server
+from kvsim.engines.sglang.config import (
+    HICACHE_ARGS,
+    HICACHE_STORAGE_ARGS,
+    ResolvedServer,
+    ServerArgs,
+    resolve_server,
+)
 from kvsim.engines.sglang.hicache import HiCacheKVPool, TransferModel
+from kvsim.engines.sglang.kvcm_store import KVCM_KEYS, KvcmSection, KvcmStore, parse_kvcm_section
+from kvsim.engines.sglang.page_keys import PageKeyCache
 from kvsim.engines.sglang.scheduler import SGLangScheduler
+from kvsim.engines.sglang.storage import L3Controller, L3Store, PlainStore
+from kvsim.hardware.storage import load_storage_tier
 from kvsim.metrics import (
     ITERATIONS_FILE,
     REQUESTS_FILE,
@@ -45,7 +58,7 @@ from kvsim.perf.predictor import Deployment, StepTimePredictor
 from kvsim.workloads import build_workload
 from kvsim.workloads.base import Workload
 
-SECTIONS = ("model", "gpu", "server", "workload", "output")
+SECTIONS = ("model", "gpu", "server", "workload", "output", "kvcm")
 SERVER_KEYS = (
     "tp",
     "dtype",
@@ -67,6 +80,7 @@ SERVER_KEYS = (
     "scheduler_cpu_base_ms",
     "scheduler_cpu_per_request_us",
     *HICACHE_ARGS,
+    *HICACHE_STORAGE_ARGS,
 )
 WORKLOAD_KEYS = (
     "dataset_name",
@@ -86,6 +100,8 @@ WORKLOAD_KEYS = (
     "seed",
 )
 OUTPUT_KEYS = ("output_dir", "plots", "hisim_file_aliases")
+#: KVCM's event log in a run directory (``--hicache-storage-backend kvcm``).
+KVCM_EVENTS_FILE = "kvcm_events.jsonl"
 #: HiSim's names for the two logs, written as copies when ``output.hisim_file_aliases`` is set.
 HISIM_FILE_ALIASES = {REQUESTS_FILE: "request.jsonl", ITERATIONS_FILE: "iteration.jsonl"}
 
@@ -118,7 +134,7 @@ def _check_keys(config: Mapping[str, Any], where: str) -> None:
     for section in config:
         if section not in SECTIONS:
             raise ConfigError(f"{where}: unknown section {section!r}; valid: {', '.join(SECTIONS)}")
-    allowed = {"server": SERVER_KEYS, "workload": WORKLOAD_KEYS, "output": OUTPUT_KEYS}
+    allowed = {"server": SERVER_KEYS, "workload": WORKLOAD_KEYS, "output": OUTPUT_KEYS, "kvcm": KVCM_KEYS}
     for section, keys in allowed.items():
         body = config.get(section)
         if body is None:
@@ -169,6 +185,8 @@ class SimResult:
     metrics: dict[str, Any]
     stats: DriverStats
     num_retractions: int
+    #: the storage tier's controller (its store holds KVCM and its event log), None without one
+    l3: L3Controller | None = None
 
 
 def _server_args(server: Mapping[str, Any]) -> ServerArgs:
@@ -193,8 +211,13 @@ def run_experiment(
     iteration_log: IterationLogWriter | None = None,
     on_finish: Callable[[int], None] | None = None,
     workload: Workload | None = None,
+    kvcm_events: EventSink | None = None,
 ) -> SimResult:
-    """Simulate one resolved experiment config; deterministic for a given config."""
+    """Simulate one resolved experiment config; deterministic for a given config.
+
+    ``kvcm_events`` receives KVCM's event log when the storage backend is ``kvcm`` (e.g. a
+    :class:`~kvsim.cache.events.MemorySink` to keep it in memory); the log is dropped when None.
+    """
     server_cfg = dict(config.get("server") or {})
     args = _server_args(server_cfg)
     deployment = Deployment.create(
@@ -220,10 +243,16 @@ def run_experiment(
     if not workload.requests:
         raise UserInputError("the workload has no requests")
     seed = int((config.get("workload") or {}).get("seed") or 0)
+    # The kvcm section is checked even when another backend runs, so that a typo never waits for the
+    # run that would use it.
+    kvcm_section = parse_kvcm_section(config.get("kvcm"))
     transfer = None
     if server.hicache is not None:
         transfer = TransferModel.for_deployment(deployment, server.hicache, server.args.page_size)
-    scheduler = SGLangScheduler(server, spawn_rng(seed, "scheduler"), transfer)
+    l3 = None
+    if server.hicache is not None and server.hicache.storage is not None:
+        l3 = _l3_controller(server, deployment, workload, kvcm_section, seed, kvcm_events)
+    scheduler = SGLangScheduler(server, spawn_rng(seed, "scheduler"), transfer, l3)
     if workload.name == "mooncake" and 512 % server.args.page_size:
         raise UserInputError(
             f"--page-size {server.args.page_size} does not divide the Mooncake trace's 512-token blocks"
@@ -237,6 +266,8 @@ def run_experiment(
         on_finish=on_finish,
     )
     stats = driver.run()
+    if l3 is not None:
+        l3.close()
     records = sorted(stats.records, key=lambda r: r.request_id)
     metrics = summarize(records, truncated_requests=workload.truncated_requests, start_s=0.0)
     metrics["num_retractions"] = scheduler.num_retractions
@@ -245,11 +276,67 @@ def run_experiment(
     metrics["max_total_tokens"] = server.max_total_tokens
     if scheduler.hicache is not None:
         metrics.update(hicache_metrics(records, scheduler.hicache))
+    if l3 is not None:
+        metrics.update(l3_metrics(records, l3))
     resolved = copy.deepcopy(dict(config))
     resolved["server"] = {**server_cfg, **server.to_dict(), "tp": deployment.tp}
+    if l3 is not None and isinstance(l3.store, KvcmStore):
+        resolved["kvcm"] = kvcm_section.to_dict()
     return SimResult(
-        resolved, server, deployment, workload, records, metrics, stats, scheduler.num_retractions
+        resolved, server, deployment, workload, records, metrics, stats, scheduler.num_retractions, l3
     )
+
+
+def _l3_controller(
+    server: ResolvedServer,
+    deployment: Deployment,
+    workload: Workload,
+    section: KvcmSection,
+    seed: int,
+    sink: EventSink | None,
+) -> L3Controller:
+    """The storage tier of ``server``: its store (KVCM registered with this engine, or a plain store on
+    its tier), the workload's page keys, and the bytes one page moves over all TP ranks."""
+    assert server.hicache is not None and server.hicache.storage is not None
+    settings = server.hicache.storage
+    page = server.args.page_size
+    spec_bytes = page * deployment.kv_bytes_per_token  # one TP rank's share of a page
+    page_bytes = spec_bytes * deployment.tp
+    store: L3Store
+    if settings.backend == "kvcm":
+        store = KvcmStore(
+            section,
+            page,
+            spec_bytes,
+            deployment.tp,
+            (deployment.model.name, deployment.precision.kv_cache_dtype),
+            spawn_rng(seed, "kvcm"),
+            sink,
+        )
+    else:
+        assert settings.tier is not None
+        store = PlainStore(settings.backend, load_storage_tier(settings.tier), page_bytes)
+    keys = PageKeyCache({r.request_id: r.token_ids for r in workload.requests}, page)
+    return L3Controller(settings, store, keys, page_bytes)
+
+
+def l3_metrics(records: list[RequestRecord], l3: L3Controller) -> dict[str, Any]:
+    """The storage tier's run summary.
+
+    ``l3_hit_ratio``: prompt tokens that a request's own prefetch brought from storage and that it then
+    used as cache (loaded back from host) / prompt tokens. ``l3_prefetch_ratio``: tokens prefetched from
+    storage / prompt tokens (HiSim's ``disk_prefetch_ratio``). The rest are the controller's and the
+    store's totals (``l3_*_blocks`` count pages, KVCM's blocks).
+    """
+    prompt = sum(r.input_len for r in records)
+    used = sum(r.cached_tokens_storage or 0 for r in records)
+    fetched = sum(r.prefetched_tokens or 0 for r in records)
+    data: dict[str, Any] = {
+        "l3_hit_ratio": used / prompt if prompt else 0.0,
+        "l3_prefetch_ratio": fetched / prompt if prompt else 0.0,
+    }
+    data.update(l3.metrics())
+    return data
 
 
 def hicache_metrics(records: list[RequestRecord], pool: HiCacheKVPool) -> dict[str, Any]:
@@ -292,8 +379,18 @@ def write_run(
     staging.mkdir(parents=True)
     started = wall_clock() if wall_clock else 0.0
     try:
+        server = config.get("server") or {}
+        events = (
+            JsonlFileSink(staging / KVCM_EVENTS_FILE)
+            if server.get("hicache_storage_backend") == "kvcm"
+            else None
+        )
         with IterationLogWriter(staging / ITERATIONS_FILE) as log:
-            result = run_experiment(config, iteration_log=log, on_finish=on_finish)
+            try:
+                result = run_experiment(config, iteration_log=log, on_finish=on_finish, kvcm_events=events)
+            finally:
+                if events is not None:
+                    events.close()
         write_metrics(staging, result.metrics)
         write_requests(staging, result.records, include_token_times=False)
         if (config.get("output") or {}).get("hisim_file_aliases"):

@@ -39,6 +39,13 @@ class RequestRecord:
             memory (L1); None when the engine has no tiers.
         cached_tokens_host: With a tiered prefix cache, the part of ``cached_tokens`` loaded back from
             host memory (L2); None when the engine has no tiers.
+        cached_tokens_storage: With an L3 storage tier, the part of ``cached_tokens_host`` that this
+            request's own prefetch brought from storage into host memory; None without L3.
+        prefetched_tokens: With an L3 storage tier, tokens this request's prefetch brought from storage
+            into host memory (used or not); None without L3.
+        prefetch_s: With an L3 storage tier, how long this request's prefetch moved data: from the
+            request's arrival at the server until its last page landed in host memory, or until the
+            scheduler stopped it if that came first; None when the request made no prefetch.
 
     Equality compares every field, ``token_times`` element-wise.
     """
@@ -54,6 +61,9 @@ class RequestRecord:
     token_times: np.ndarray | None = None
     cached_tokens_device: int | None = None
     cached_tokens_host: int | None = None
+    cached_tokens_storage: int | None = None
+    prefetched_tokens: int | None = None
+    prefetch_s: float | None = None
 
     def __post_init__(self) -> None:
         # Violations are engine bugs, so ValueError rather than UserInputError.
@@ -82,6 +92,15 @@ class RequestRecord:
                 f"request {self.request_id}: per-tier cached counts {device} + {host} must be >= 0 and "
                 f"add up to cached_tokens={self.cached_tokens}"
             )
+        storage = self.cached_tokens_storage
+        if storage is not None and not 0 <= storage <= (host if host is not None else self.cached_tokens):
+            raise ValueError(
+                f"request {self.request_id}: cached_tokens_storage={storage} must lie in [0, the host part]"
+            )
+        if self.prefetched_tokens is not None and self.prefetched_tokens < 0:
+            raise ValueError(f"request {self.request_id}: prefetched_tokens must be >= 0")
+        if self.prefetch_s is not None and not self.prefetch_s >= 0:
+            raise ValueError(f"request {self.request_id}: prefetch_s must be >= 0")
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, RequestRecord):
@@ -99,6 +118,9 @@ class RequestRecord:
             and self.cached_tokens == other.cached_tokens
             and self.cached_tokens_device == other.cached_tokens_device
             and self.cached_tokens_host == other.cached_tokens_host
+            and self.cached_tokens_storage == other.cached_tokens_storage
+            and self.prefetched_tokens == other.prefetched_tokens
+            and self.prefetch_s == other.prefetch_s
             and (self.token_times is None or np.array_equal(self.token_times, other.token_times))
         )
 

@@ -98,11 +98,19 @@ def _request_line(record: RequestRecord, include_token_times: bool) -> str:
     device, host = record.cached_tokens_device, record.cached_tokens_host
     if device is not None and host is not None:
         parts += [f'"cached_tokens_device":{int(device)}', f'"cached_tokens_host":{int(host)}']
+    if record.cached_tokens_storage is not None:
+        parts.append(f'"cached_tokens_storage":{int(record.cached_tokens_storage)}')
     parts += [
         f'"finish_s":{_num(record.finish_s)}',
         f'"first_token_s":{_num(record.first_token_s)}',
         f'"input_len":{int(record.input_len)}',
         f'"output_len":{int(record.output_len)}',
+    ]
+    if record.prefetch_s is not None:
+        parts.append(f'"prefetch_s":{_num(record.prefetch_s)}')
+    if record.prefetched_tokens is not None:
+        parts.append(f'"prefetched_tokens":{int(record.prefetched_tokens)}')
+    parts += [
         f'"request_id":{int(record.request_id)}',
         f'"send_s":{_num(record.send_s)}',
     ]
@@ -121,7 +129,9 @@ def write_requests(
 
     Each line holds ``request_id``, ``arrival_s``, ``send_s``, ``first_token_s``, ``finish_s``,
     ``input_len``, ``output_len`` and ``cached_tokens`` (prompt tokens served from the prefix cache),
-    plus ``cached_tokens_device`` and ``cached_tokens_host`` for records that carry per-tier counts.
+    plus ``cached_tokens_device`` and ``cached_tokens_host`` for records that carry per-tier counts, and
+    ``cached_tokens_storage``, ``prefetched_tokens`` and ``prefetch_s`` for records of a run with an L3
+    storage tier.
 
     Args:
         path: The file, or a run directory (then ``requests.jsonl`` inside it).
@@ -166,6 +176,9 @@ def read_requests(path: str | os.PathLike[str]) -> list[RequestRecord]:
                 token_times=None if times is None else np.asarray(times, dtype=np.float64),
                 cached_tokens_device=row.get("cached_tokens_device"),
                 cached_tokens_host=row.get("cached_tokens_host"),
+                cached_tokens_storage=row.get("cached_tokens_storage"),
+                prefetched_tokens=row.get("prefetched_tokens"),
+                prefetch_s=row.get("prefetch_s"),
             )
         )
     return records

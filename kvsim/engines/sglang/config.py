@@ -5,11 +5,15 @@ memory and the TP degree (``mem_fraction_static``, ``chunked_prefill_size``, the
 ``max_running_requests``) are derived the same way here and written into the run's resolved config.
 The hierarchical cache (``--enable-hierarchical-cache`` and the ``--hicache-*`` arguments) resolves into
 :class:`HiCacheSettings`: the host pool sized as SGLang's ``HostKVCache`` sizes it, and SGLang's
-corrections of unsupported layout/backend pairs applied.
+corrections of unsupported layout/backend pairs applied. An L3 storage backend
+(``--hicache-storage-backend`` and its prefetch policy and extra config) resolves into
+:class:`StorageSettings`, attached to the HiCache settings.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -53,6 +57,25 @@ HICACHE_ARGS = (
     "hicache_io_backend",
     "hicache_mem_layout",
 )
+#: L3 storage backends: SGLang's ``file`` and ``mooncake`` as plain stores, and ``kvcm`` (Tair KVCM's
+#: cache manager, :mod:`kvsim.cache`, deciding what is stored where).
+HICACHE_STORAGE_BACKENDS = ("file", "mooncake", "kvcm")
+#: When a request stops waiting for its L3 prefetch (SGLang ``--hicache-storage-prefetch-policy``).
+HICACHE_PREFETCH_POLICIES = ("best_effort", "wait_complete", "timeout")
+#: The ServerArgs fields that configure the L3 storage; left out of the resolved config without one.
+HICACHE_STORAGE_ARGS = (
+    "hicache_storage_backend",
+    "hicache_storage_prefetch_policy",
+    "hicache_storage_backend_extra_config",
+    "hicache_storage_tier",
+)
+#: SGLang's defaults of the prefetch keys of ``--hicache-storage-backend-extra-config``
+#: (``HiRadixCache._parse_storage_backend_extra_config``): tokens, seconds, seconds per 1024 tokens.
+PREFETCH_THRESHOLD = 256
+PREFETCH_TIMEOUT_BASE_S = 1.0
+PREFETCH_TIMEOUT_PER_KI_TOKEN_S = 0.25
+#: The storage tier a plain backend runs on unless ``hicache_storage_tier`` names another.
+DEFAULT_STORAGE_TIERS = {"file": "nfs", "mooncake": "mooncake"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,13 +103,63 @@ class ServerArgs:
     hicache_write_policy: str = HICACHE_WRITE_POLICIES[0]
     hicache_io_backend: str = HICACHE_IO_BACKENDS[0]
     hicache_mem_layout: str = HICACHE_MEM_LAYOUTS[0]
+    hicache_storage_backend: str | None = None  # None: no L3 tier
+    hicache_storage_prefetch_policy: str = HICACHE_PREFETCH_POLICIES[0]
+    hicache_storage_backend_extra_config: str | None = None  # JSON, as SGLang takes it
+    hicache_storage_tier: str | None = None  # kvsim: the tier of a plain (file/mooncake) store
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-dict form for the resolved config (HiCache arguments only while it is enabled)."""
+        """Plain-dict form for the resolved config (HiCache arguments only while it is enabled, storage
+        arguments only while a storage backend is set)."""
         data = asdict(self)
         if not self.enable_hierarchical_cache:
             for key in HICACHE_ARGS:
                 del data[key]
+        if not self.enable_hierarchical_cache or self.hicache_storage_backend is None:
+            for key in HICACHE_STORAGE_ARGS:
+                del data[key]
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSettings:
+    """The resolved L3 storage tier of HiCache (``--hicache-storage-backend``).
+
+    Attributes:
+        backend: ``file``, ``mooncake`` or ``kvcm``.
+        prefetch_policy: ``best_effort``, ``wait_complete`` or ``timeout``.
+        prefetch_threshold: tokens; prefetches (and storage hits) shorter than this are not made. SGLang
+            raises it to at least one page.
+        prefetch_timeout_base_s: the ``timeout`` policy's fixed part.
+        prefetch_timeout_per_page_s: its part per page (``page_size / 1024 x per_ki_token``).
+        prefetch_capacity_tokens: host tokens that prefetches in flight may hold before new ones are
+            refused (SGLang's ``prefetch_capacity_limit``: 80 % of the host pool beyond the device pool).
+        tier: the storage tier of a plain store (None for ``kvcm``: each KVCM storage names its own).
+        extra_config: the other keys of the extra config, as given (SGLang hands them to the backend).
+    """
+
+    backend: str
+    prefetch_policy: str
+    prefetch_threshold: int
+    prefetch_timeout_base_s: float
+    prefetch_timeout_per_page_s: float
+    prefetch_capacity_tokens: int
+    tier: str | None
+    extra_config: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved-config entries of the storage tier (the extra config itself is echoed as given,
+        with the server arguments)."""
+        data: dict[str, Any] = {
+            "hicache_storage_backend": self.backend,
+            "hicache_storage_prefetch_policy": self.prefetch_policy,
+            "hicache_storage_prefetch_threshold": self.prefetch_threshold,
+            "hicache_storage_prefetch_timeout_base_s": self.prefetch_timeout_base_s,
+            "hicache_storage_prefetch_timeout_per_page_s": self.prefetch_timeout_per_page_s,
+            "hicache_storage_prefetch_capacity_tokens": self.prefetch_capacity_tokens,
+        }
+        if self.tier is not None:
+            data["hicache_storage_tier"] = self.tier
         return data
 
 
@@ -101,15 +174,19 @@ class HiCacheSettings:
     write_policy: str
     io_backend: str
     mem_layout: str
+    storage: StorageSettings | None = None  # the L3 tier, None without a storage backend
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved-config entries (they replace the corresponding ``--hicache-*`` arguments)."""
-        return {
+        data: dict[str, Any] = {
             "hicache_host_tokens": self.host_tokens,
             "hicache_write_policy": self.write_policy,
             "hicache_io_backend": self.io_backend,
             "hicache_mem_layout": self.mem_layout,
         }
+        if self.storage is not None:
+            data.update(self.storage.to_dict())
+        return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +329,17 @@ def resolve_hicache(args: ServerArgs, device_tokens: int, kv_bytes_per_token: in
       ``hicache_ratio`` x the device pool; rounded down to whole pages; it must exceed the device pool.
     - ``page_first_direct`` needs the ``direct`` backend (the backend is switched), and ``direct`` cannot
       run ``page_first`` (the layout becomes ``page_first_direct``).
+    - The ``mooncake`` storage backend cannot use ``layer_first``: it becomes ``page_first`` with the
+      ``kernel`` backend and ``page_first_direct`` with ``direct`` (``_handle_hicache``).
+    - A storage backend resolves into :class:`StorageSettings` (:func:`resolve_storage`).
     """
+    if args.hicache_storage_backend is not None and (
+        not args.enable_hierarchical_cache or args.disable_radix_cache
+    ):
+        raise UserInputError(
+            "--hicache-storage-backend: needs --enable-hierarchical-cache and the radix cache "
+            "(SGLang ignores the storage backend without them)"
+        )
     if not args.enable_hierarchical_cache or args.disable_radix_cache:
         return None
     for name, value, choices in (
@@ -279,8 +366,89 @@ def resolve_hicache(args: ServerArgs, device_tokens: int, kv_bytes_per_token: in
             f"{device_tokens}; SGLang requires the host pool to be larger"
         )
     layout, backend = args.hicache_mem_layout, args.hicache_io_backend
+    if args.hicache_storage_backend == "mooncake" and layout == "layer_first":
+        layout = "page_first_direct" if backend == "direct" else "page_first"
     if layout == "page_first_direct":
         backend = "direct"
     elif layout == "page_first" and backend == "direct":
         layout = "page_first_direct"
-    return HiCacheSettings(host, args.hicache_write_policy, backend, layout)
+    storage = resolve_storage(args, device_tokens, host)
+    return HiCacheSettings(host, args.hicache_write_policy, backend, layout, storage)
+
+
+def _extra_config(text: str | None) -> dict[str, Any]:
+    if text is None or text == "":
+        return {}
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserInputError(f"--hicache-storage-backend-extra-config: invalid JSON ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise UserInputError("--hicache-storage-backend-extra-config: expected a JSON object")
+    return data
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise UserInputError(
+            f"--hicache-storage-backend-extra-config: {name} must be a number, got {value!r}"
+        )
+    if value < 0:
+        raise UserInputError(f"--hicache-storage-backend-extra-config: {name} must be >= 0, got {value}")
+    return float(value)
+
+
+def resolve_storage(args: ServerArgs, device_tokens: int, host_tokens: int) -> StorageSettings | None:
+    """The L3 tier of ``--hicache-storage-backend``, or None without one.
+
+    Rules (SGLang ``hiradix_cache.py`` ``_parse_storage_backend_extra_config``, ``cache_controller.py``
+    ``HiCacheController.__init__``): the extra config is a JSON object whose keys ``prefetch_threshold``
+    (int, 256 tokens), ``prefetch_timeout_base`` (1 s) and ``prefetch_timeout_per_ki_token`` (0.25 s) are
+    taken out, the rest going to the backend; the threshold is at least one page; the timeout of a
+    prefetch of ``n`` pages is ``base + n x page_size / 1024 x per_ki_token``; prefetches in flight may
+    hold ``0.8 x (host tokens - device tokens)`` host slots.
+    """
+    backend = args.hicache_storage_backend
+    if backend is None:
+        if args.hicache_storage_tier is not None:
+            raise UserInputError("--hicache-storage-tier: needs --hicache-storage-backend file or mooncake")
+        return None
+    if backend not in HICACHE_STORAGE_BACKENDS:
+        raise UserInputError(
+            f"--hicache-storage-backend: {backend!r} is not modelled; choose one of "
+            f"{', '.join(HICACHE_STORAGE_BACKENDS)}"
+        )
+    policy = args.hicache_storage_prefetch_policy
+    if policy not in HICACHE_PREFETCH_POLICIES:
+        choices = ", ".join(HICACHE_PREFETCH_POLICIES)
+        raise UserInputError(f"--hicache-storage-prefetch-policy: {policy!r} is not one of {choices}")
+    extra = _extra_config(args.hicache_storage_backend_extra_config)
+    threshold = extra.pop("prefetch_threshold", PREFETCH_THRESHOLD)
+    if isinstance(threshold, bool) or not isinstance(threshold, int):
+        raise UserInputError(
+            f"--hicache-storage-backend-extra-config: prefetch_threshold must be an int, got {threshold!r}"
+        )
+    base = _number("prefetch_timeout_base", extra.pop("prefetch_timeout_base", PREFETCH_TIMEOUT_BASE_S))
+    per_ki = _number(
+        "prefetch_timeout_per_ki_token",
+        extra.pop("prefetch_timeout_per_ki_token", PREFETCH_TIMEOUT_PER_KI_TOKEN_S),
+    )
+    page = args.page_size
+    tier = args.hicache_storage_tier
+    if backend == "kvcm":
+        if tier is not None:
+            raise UserInputError(
+                "--hicache-storage-tier: the kvcm backend takes each storage's tier from the kvcm section"
+            )
+    elif tier is None:
+        tier = DEFAULT_STORAGE_TIERS[backend]
+    return StorageSettings(
+        backend=backend,
+        prefetch_policy=policy,
+        prefetch_threshold=max(threshold, page),
+        prefetch_timeout_base_s=base,
+        prefetch_timeout_per_page_s=page / 1024 * per_ki,
+        prefetch_capacity_tokens=int(0.8 * (host_tokens - device_tokens)),
+        tier=tier,
+        extra_config=extra,
+    )

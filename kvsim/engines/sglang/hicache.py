@@ -36,9 +36,9 @@ kvsim counts slots and does not place them, so fragmentation of the device pool 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -408,19 +408,27 @@ class HiCacheKVPool(KVPool):
         return host_len
 
     def insert(
-        self, tokens: np.ndarray, now: float, locked_len: int, chunked: bool = False
+        self,
+        tokens: np.ndarray,
+        now: float,
+        locked_len: int,
+        chunked: bool = False,
+        value: Sequence[Any] | None = None,
     ) -> tuple[RadixNode | None, int]:
         """Move a request's computed prefix into the cache (see :meth:`KVPool.insert`).
 
         The new part is on device; nodes of it that were host-only (the request recomputed them) get their
         device tier back. Unless ``chunked`` (an unfinished chunk), the pass counts as a hit on every node
-        of the path and write-through backups start for nodes at the threshold.
+        of the path and write-through backups start for nodes at the threshold. New nodes keep their part
+        of ``value`` (aligned with ``tokens``) when one is given.
         """
         length = len(tokens) - len(tokens) % self.page_size
         if length <= locked_len:
             return None, locked_len
         tree = self.tree
-        last = tree.insert(tokens[:length], now, tier="device").last_node
+        last = tree.insert(
+            tokens[:length], now, value=None if value is None else value[:length], tier="device"
+        ).last_node
         node = last
         while node.depth > locked_len:
             if not node.tiers & self._device:

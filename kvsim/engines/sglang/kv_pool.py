@@ -12,6 +12,9 @@ With ``disable_radix_cache`` the tree stays empty and every request's KV is priv
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 
 from kvsim.cache.radix import RadixNode, RadixTree
@@ -87,7 +90,12 @@ class KVPool:
             self.tree.dec_lock(node)
 
     def insert(
-        self, tokens: np.ndarray, now: float, locked_len: int, chunked: bool = False
+        self,
+        tokens: np.ndarray,
+        now: float,
+        locked_len: int,
+        chunked: bool = False,
+        value: Sequence[Any] | None = None,
     ) -> tuple[RadixNode | None, int]:
         """Move a request's computed prefix ``tokens`` into the cache.
 
@@ -95,7 +103,8 @@ class KVPool:
         the tree, except duplicates of blocks another request inserted meanwhile, which are freed
         (SGLang frees such duplicate KV too). Returns the new last node and the new locked length; the
         caller still holds private slots for any partial page beyond it. ``chunked`` (the insert of an
-        unfinished chunk) matters only to HiCache's hit counting.
+        unfinished chunk) matters only to HiCache's hit counting, and ``value`` (a payload aligned with
+        ``tokens`` that new nodes keep, such as the page keys an L3 tier needs) only to the HiCache pool.
         """
         if not self.enable_prefix_cache:
             return None, 0

@@ -27,6 +27,11 @@ Rules modelled (SGLang ``managers/scheduler.py``, ``schedule_policy.py``, ``sche
   loads it back and re-checks with the new extend length. Completed backups are noticed at each prefill
   attempt, and each step carries its host<->device traffic
   (:class:`~kvsim.engines.sglang.hicache.L2Transfers`).
+- **L3 storage** (``--hicache-storage-backend``, :mod:`kvsim.engines.sglang.storage`). A request starts a
+  prefetch from storage when it arrives; at each prefill attempt a waiting request whose prefetch the
+  policy does not yet let stop is skipped (the requests behind it may still be admitted), and one whose
+  prefetch stops finds the pages it brought as a host hit. Acknowledged write-through copies are also
+  written to storage.
 
 Decode steps cost O(1) Python work plus the requests that finish: per-request decode positions are
 derived from the step counter (``past = ctx0 + step - start``), never updated one by one.
@@ -53,6 +58,7 @@ from kvsim.engines.sglang.config import (
 from kvsim.engines.sglang.hicache import HiCacheKVPool, L2Transfers, TransferModel
 from kvsim.engines.sglang.kv_pool import KVPool
 from kvsim.engines.sglang.policy import order_waiting
+from kvsim.engines.sglang.storage import L3Controller, L3KVPool, TokenKeys
 from kvsim.workloads.base import Request
 
 
@@ -74,6 +80,7 @@ class ReqState:
 
     __slots__ = (
         "cached_host",
+        "cached_storage",
         "cached_tokens",
         "ctx0",
         "decode_start",
@@ -89,6 +96,9 @@ class ReqState:
         "node",
         "output_done",
         "output_len",
+        "prefetch_s",
+        "prefetched_ranges",
+        "prefetched_tokens",
         "prefix_len",
         "req",
         "send_s",
@@ -112,6 +122,10 @@ class ReqState:
         self.host_len = 0  # HiCache: host-only tokens matched below the device prefix this round
         self.host_node: RadixNode | None = None
         self.cached_host = 0  # HiCache: the part of cached_tokens loaded back from host
+        self.cached_storage = 0  # L3: the part of cached_host this request's prefetch brought in
+        self.prefetched_tokens = 0  # L3: tokens this request's prefetch brought into host memory
+        self.prefetched_ranges: list[tuple[int, int]] = []  # L3: prompt ranges its prefetch put on host
+        self.prefetch_s = -1.0  # L3: how long the prefetch moved data (-1: it made none)
         self.first_token_s = -1.0
         # Output-token times: floats for tokens made by prefill steps, (start, stop) decode-step ranges.
         self.token_segments: list[float | tuple[int, int]] = []
@@ -244,8 +258,10 @@ class SGLangScheduler:
         server: ResolvedServer,
         rng: np.random.Generator | None = None,
         transfer: TransferModel | None = None,
+        l3: L3Controller | None = None,
     ) -> None:
-        """``transfer`` prices HiCache's copies; it is required when ``server.hicache`` is set."""
+        """``transfer`` prices HiCache's copies; it is required when ``server.hicache`` is set. ``l3``
+        runs the storage tier; it is required when the HiCache settings name a storage backend."""
         args = server.args
         self.policy = args.schedule_policy if not args.disable_radix_cache else "fcfs"
         if args.disable_radix_cache and args.schedule_policy in ("random", "lof"):
@@ -255,12 +271,22 @@ class SGLangScheduler:
         self.server = server
         #: the HiCache pool (also ``self.pool``), or None without HiCache
         self.hicache: HiCacheKVPool | None = None
+        #: the storage tier's controller, or None without one
+        self.l3: L3Controller | None = None
         if server.hicache is None:
             self.pool = KVPool(server.max_total_tokens, args.page_size, not args.disable_radix_cache)
         else:
             if transfer is None:
                 raise ValueError("transfer: a TransferModel is needed to simulate HiCache")
-            self.hicache = HiCacheKVPool(server.max_total_tokens, args.page_size, server.hicache, transfer)
+            if server.hicache.storage is None:
+                self.hicache = HiCacheKVPool(
+                    server.max_total_tokens, args.page_size, server.hicache, transfer
+                )
+            else:
+                if l3 is None:
+                    raise ValueError("l3: an L3Controller is needed to simulate a storage backend")
+                self.l3 = l3
+                self.hicache = L3KVPool(server.max_total_tokens, args.page_size, server.hicache, transfer, l3)
             self.pool = self.hicache
         self.page_size = args.page_size
         self.max_running_requests = server.max_running_requests
@@ -290,6 +316,8 @@ class SGLangScheduler:
                 f"whole pool of {self.pool.total_tokens}; raise --mem-fraction-static or shorten the workload"
             )
         state = ReqState(req, send_s)
+        if self.l3 is not None:
+            self.l3.on_arrival(state, send_s)
         self.waiting.append(state)
         self.batch_is_full = False
         return state
@@ -364,10 +392,15 @@ class SGLangScheduler:
             new_chunked = state if truncated else None
 
         taken = 0
+        skipped = False
+        l3 = self.l3
         for state in self.waiting:
             if running_bs + len(admitted) >= self.max_running_requests:
                 self.batch_is_full = True
                 break
+            if l3 is not None and not l3.prefetch_done(state, now):
+                skipped = True  # its prefetch may not stop yet: try the requests behind it
+                continue
             self._match(state, now)
             extend = state.full_len - state.prefix_len
             output_estimate = min(state.output_len - state.output_done, CLIP_MAX_NEW_TOKENS)
@@ -417,8 +450,12 @@ class SGLangScheduler:
 
         if not admitted:
             return None
-        for _ in range(taken):
-            self.waiting.popleft()
+        if skipped:
+            chosen = {id(state) for state in admitted}
+            self.waiting = deque(state for state in self.waiting if id(state) not in chosen)
+        else:
+            for _ in range(taken):
+                self.waiting.popleft()
         self.chunked = new_chunked
         batch = self._build_prefill(admitted)
         if mixed_tokens and self.pool.allocate(mixed_tokens):
@@ -470,9 +507,14 @@ class SGLangScheduler:
         self.pool.lock(host_node)
         self.pool.unlock(state.node)
         state.node = host_node
-        state.prefix_len += loaded
         if state.cached_tokens < 0:
             state.cached_host = loaded
+            # The part of the load that this request's own prefetch brought from storage.
+            lo, hi = state.prefix_len, state.prefix_len + loaded
+            state.cached_storage = sum(
+                max(min(hi, end) - max(lo, start), 0) for start, end in state.prefetched_ranges
+            )
+        state.prefix_len += loaded
 
     def _admit(self, state: ReqState) -> None:
         """A waiting request enters a prefill batch: its matched prefix is locked and counts as filled."""
@@ -604,7 +646,11 @@ class SGLangScheduler:
             # Cache the computed prompt (SGLang's cache_unfinished_req); outputs are not inserted.
             prompt_done = min(state.fill_len, state.input_len)
             node, locked = pool.insert(
-                state.tokens[:prompt_done], end_s, state.locked_len, state is self.chunked
+                state.tokens[:prompt_done],
+                end_s,
+                state.locked_len,
+                state is self.chunked,
+                value=None if self.l3 is None else self._token_keys(state, prompt_done),
             )
             if node is not None:
                 pool.lock(node)
@@ -629,6 +675,11 @@ class SGLangScheduler:
             self.finish_at.setdefault(state.finish_step, []).append(state)
             self.running.add(state)
         return finished
+
+    def _token_keys(self, state: ReqState, length: int) -> TokenKeys:
+        """The page keys the radix nodes of ``state``'s first ``length`` tokens carry (L3 only)."""
+        assert self.l3 is not None
+        return self.l3.token_keys(state, length)
 
     def _finish_idle(self, state: ReqState, end_s: float) -> None:
         """Finish a request that is not decoding (its only output came from prefill)."""

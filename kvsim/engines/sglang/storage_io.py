@@ -1,0 +1,176 @@
+"""Transfers to and from storage tiers, sharing each tier's bandwidth among the transfers using it.
+
+Each (tier, direction) is one *channel* with the tier's read or write bandwidth. A transfer first
+waits the tier's latency (one storage operation's round trip; it uses no bandwidth meanwhile), then
+joins the channel, where every transfer present gets an equal share of the bandwidth (processor
+sharing, the fluid model of many streams over one link). A transfer alone moves at the full rate; two
+at once each get half, and the first to finish hands its share back to the others.
+
+The state is advanced lazily: :meth:`TransferIO.next_event_s` says when the next transfer joins a
+channel or finishes, :meth:`TransferIO.step` moves time there and returns the transfers that finished,
+and :meth:`TransferIO.advance` moves the fluid state to a time before the next event. Callers (the L3
+controller) interleave these steps with their own timed events so that everything happens in time
+order. The work per step is proportional to the transfers in flight, never to the time elapsed.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from kvsim.hardware.storage import StorageTier
+
+#: Bytes below which a transfer counts as finished (absorbs floating-point rounding of the shares).
+_DONE_BYTES = 1e-3
+
+
+@dataclass(eq=False, slots=True)
+class Transfer:
+    """One transfer: ``nbytes`` over ``channel`` after ``latency_s``; ``on_done(time)`` when it ends."""
+
+    channel: tuple[str, str]
+    nbytes: float
+    on_done: Callable[[float], None]
+    remaining: float = 0.0
+    seq: int = 0
+    started_s: float = 0.0
+    done_s: float | None = None
+    cancelled: bool = False
+
+
+@dataclass(slots=True)
+class _Channel:
+    bandwidth: float
+    last_s: float = 0.0
+    transfers: list[Transfer] = field(default_factory=list)
+    busy_s: float = 0.0
+    moved_bytes: float = 0.0
+
+    def advance(self, now: float) -> None:
+        """Move every transfer on the channel forward to ``now`` at its equal share of the bandwidth."""
+        if now <= self.last_s:
+            return
+        if self.transfers:
+            share = self.bandwidth * (now - self.last_s) / len(self.transfers)
+            for transfer in self.transfers:
+                transfer.remaining -= share
+            self.busy_s += now - self.last_s
+            self.moved_bytes += share * len(self.transfers)
+        self.last_s = now
+
+    def next_done_s(self) -> float | None:
+        if not self.transfers:
+            return None
+        least = min(t.remaining for t in self.transfers)
+        return self.last_s + max(least, 0.0) * len(self.transfers) / self.bandwidth
+
+
+class TransferIO:
+    """Every storage channel of one engine and the transfers in flight on them."""
+
+    def __init__(self) -> None:
+        self._channels: dict[tuple[str, str], _Channel] = {}
+        self._joining: list[tuple[float, int, Transfer]] = []  # (join time, seq, transfer)
+        self._seq = 0
+        self._now = 0.0
+
+    def channel(self, tier: StorageTier, direction: str) -> tuple[str, str]:
+        """The channel of ``tier`` in ``direction`` (``read`` or ``write``), created on first use."""
+        key = (tier.name, direction)
+        if key not in self._channels:
+            bandwidth = tier.read_bandwidth if direction == "read" else tier.write_bandwidth
+            self._channels[key] = _Channel(bandwidth, self._now)
+        return key
+
+    def submit(
+        self, tier: StorageTier, direction: str, nbytes: float, now: float, on_done: Callable[[float], None]
+    ) -> Transfer:
+        """Start a transfer of ``nbytes`` at ``now``: it joins the channel after the tier's latency."""
+        key = self.channel(tier, direction)
+        latency = tier.read_latency_s if direction == "read" else tier.write_latency_s
+        self._seq += 1
+        transfer = Transfer(key, float(nbytes), on_done, float(nbytes), self._seq, now)
+        heapq.heappush(self._joining, (now + latency, self._seq, transfer))
+        return transfer
+
+    def cancel(self, transfer: Transfer) -> None:
+        """Stop a transfer: it gives its bandwidth share back and ``on_done`` is never called."""
+        if transfer.cancelled or transfer.done_s is not None:
+            return
+        transfer.cancelled = True
+        channel = self._channels[transfer.channel]
+        if transfer in channel.transfers:
+            channel.advance(self._now)
+            channel.transfers.remove(transfer)
+
+    def next_event_s(self) -> float | None:
+        """When the next transfer joins a channel or finishes (None when nothing is in flight)."""
+        while self._joining and self._joining[0][2].cancelled:
+            heapq.heappop(self._joining)
+        times = [self._joining[0][0]] if self._joining else []
+        for channel in self._channels.values():
+            done = channel.next_done_s()
+            if done is not None:
+                times.append(done)
+        return min(times) if times else None
+
+    def advance(self, now: float) -> None:
+        """Move the fluid state to ``now``, which must not pass :meth:`next_event_s`."""
+        if now <= self._now:
+            return
+        for channel in self._channels.values():
+            channel.advance(now)
+        self._now = now
+
+    def step(self) -> tuple[float, list[Transfer]]:
+        """Go to the next event; return its time and the transfers that finished then, in start order.
+
+        Transfers joining at that time join their channels (a transfer of zero bytes finishes as it
+        joins). Callers run each finished transfer's ``on_done``; they may submit new transfers.
+        """
+        t = self.next_event_s()
+        assert t is not None, "step() with nothing in flight"
+        finished: list[Transfer] = []
+        for channel in self._channels.values():
+            if not channel.transfers:
+                channel.advance(t)
+                continue
+            # The channel whose next completion defines this event finishes its least-remaining
+            # transfers exactly now, whatever floating-point rounding the shares leave over.
+            defines = channel.next_done_s() == t
+            least = min(x.remaining for x in channel.transfers)
+            first = [x for x in channel.transfers if x.remaining <= least + _DONE_BYTES] if defines else []
+            channel.advance(t)
+            keep: list[Transfer] = []
+            for transfer in channel.transfers:
+                if transfer.remaining <= _DONE_BYTES or any(transfer is x for x in first):
+                    finished.append(transfer)
+                else:
+                    keep.append(transfer)
+            channel.transfers = keep
+        self._now = max(self._now, t)
+        while self._joining and self._joining[0][0] <= t:
+            _, _, transfer = heapq.heappop(self._joining)
+            if transfer.cancelled:
+                continue
+            if transfer.remaining <= _DONE_BYTES:
+                finished.append(transfer)
+            else:
+                self._channels[transfer.channel].transfers.append(transfer)
+        for transfer in finished:
+            transfer.done_s = t
+            transfer.remaining = 0.0
+        finished.sort(key=lambda x: x.seq)
+        return t, finished
+
+    def busy_seconds(self, direction: str) -> float:
+        """Seconds during which some transfer moved bytes in ``direction``, summed over tiers."""
+        return sum(c.busy_s for (_, d), c in self._channels.items() if d == direction)
+
+    def moved_bytes(self, direction: str) -> float:
+        """Bytes moved in ``direction`` (finished and cancelled transfers' progress included)."""
+        return sum(c.moved_bytes for (_, d), c in self._channels.items() if d == direction)
+
+
+__all__ = ["Transfer", "TransferIO"]
