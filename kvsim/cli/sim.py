@@ -135,9 +135,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     workload.add_argument("--max-concurrency", type=int)
     workload.add_argument("--mooncake-slowdown-factor", type=float)
     workload.add_argument("--seed", type=int)
+    cluster = parser.add_argument_group("cluster (kvsim: a fleet of engines behind a router)")
+    cluster.add_argument(
+        "--instances",
+        type=int,
+        help="simulate a fleet of N engines with these server settings (cluster.instances)",
+    )
+    cluster.add_argument(
+        "--router", help="round_robin (default), least_load, session_affinity or cache_aware (cluster.router)"
+    )
     run = parser.add_argument_group("run")
     run.add_argument("--output-dir", help="run directory (default runs/sim-<timestamp>)")
-    run.add_argument("--config", help="experiment YAML (sections model, gpu, server, workload, output, kvcm)")
+    run.add_argument(
+        "--config", help="experiment YAML (sections model, gpu, server, workload, output, kvcm, cluster)"
+    )
     run.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     run.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     run.add_argument(
@@ -165,7 +176,15 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         output["plots"] = False
     if getattr(args, "hisim_file_aliases", False):
         output["hisim_file_aliases"] = True
-    for section, body in (("server", server), ("workload", workload), ("output", output)):
+    cluster = {
+        key: getattr(args, key) for key in ("instances", "router") if getattr(args, key, None) is not None
+    }
+    for section, body in (
+        ("server", server),
+        ("workload", workload),
+        ("output", output),
+        ("cluster", cluster),
+    ):
         if body:
             overrides[section] = body
     return overrides
@@ -232,6 +251,23 @@ def run(args: argparse.Namespace) -> int:
     output_dir = output.get("output_dir") or f"runs/sim-{time.strftime('%Y%m%d-%H%M%S')}"
     workload = config.get("workload") or {}
     progress = _Progress(int(workload.get("num_prompts") or 0))
+    if config.get("cluster"):
+        # Only experiments with a cluster: section (or --instances/--router) take the fleet path.
+        from kvsim.cluster.output import cluster_report, write_cluster_run
+
+        try:
+            fleet, run_dir = write_cluster_run(
+                config,
+                Path(output_dir),
+                plots=bool(output.get("plots", True)),
+                on_finish=progress,
+                wall_clock=time.perf_counter,
+            )
+        finally:
+            progress.close()
+        print(cluster_report(fleet))
+        print(f"run directory: {run_dir}")
+        return 0
     try:
         result, run_dir = write_run(
             config,

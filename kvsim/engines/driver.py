@@ -58,8 +58,11 @@ class EngineDriver:
         max_concurrency: int | None = None,
         iteration_log: IterationLogWriter | None = None,
         on_finish: Callable[[int], None] | None = None,
+        env: simpy.Environment | None = None,
     ) -> None:
-        self.env = simpy.Environment()
+        """``env`` lets several engines share one clock (:mod:`kvsim.cluster`); by default the driver
+        has its own."""
+        self.env = env if env is not None else simpy.Environment()
         self.scheduler = scheduler
         self.predictor = predictor
         self.workload = workload
@@ -67,6 +70,9 @@ class EngineDriver:
         self.iteration_log = iteration_log
         self.on_finish = on_finish
         self.stats = DriverStats()
+        #: requests this engine will serve; the engine stops once they have all finished and arrivals
+        #: are done (a cluster raises it as its router sends requests here)
+        self.expected_requests = len(workload.requests)
         self._in_flight = 0
         self._pending: deque[Request] = deque()
         self._wake: simpy.Event | None = None
@@ -93,6 +99,19 @@ class EngineDriver:
     def _send(self, req: Request) -> None:
         self._in_flight += 1
         self.scheduler.add_request(req, self.env.now)
+        self.wake()
+
+    def send(self, req: Request) -> None:
+        """Deliver ``req`` to the server now (a cluster's router sends requests this way)."""
+        self._send(req)
+
+    def end_arrivals(self) -> None:
+        """No more requests will be sent: the engine may stop once its requests have finished."""
+        self._arrivals_done = True
+        self.wake()
+
+    def wake(self) -> None:
+        """Wake the engine process if it is idle (a request arrived, or arrivals ended)."""
         if self._wake is not None and not self._wake.triggered:
             self._wake.succeed()
 
@@ -194,11 +213,11 @@ class EngineDriver:
         env = self.env
         sched = self.scheduler
         log = self.iteration_log
-        total = len(self.workload.requests)
         while True:
             batch = sched.schedule(env.now)
             if batch is None:
-                if self._arrivals_done and not self._pending and len(self.stats.records) >= total:
+                done = len(self.stats.records) >= self.expected_requests
+                if self._arrivals_done and not self._pending and done:
                     return
                 self._wake = env.event()
                 wakeup_s = sched.next_wakeup_s(env.now)
@@ -229,9 +248,13 @@ class EngineDriver:
             for state in sched.complete(batch, env.now):
                 self._finished(state)
 
+    def start_engine(self) -> simpy.Process:
+        """Start the server's process on the driver's clock (arrivals are the caller's)."""
+        return self.env.process(self._engine())
+
     def run(self) -> DriverStats:
         """Simulate until every request has finished."""
         self.env.process(self._arrivals())
-        engine = self.env.process(self._engine())
+        engine = self.start_engine()
         self.env.run(until=engine)
         return self.stats

@@ -1,5 +1,6 @@
 """Experiments: a config (YAML sections ``model``, ``gpu``, ``server``, ``workload``, ``output`` and, for the
 KVCM storage backend, ``kvcm``) resolved into a simulated SGLang run, and the run directory it writes.
+A ``cluster`` section is validated here but run by :mod:`kvsim.cluster` (a fleet of these engines).
 
 Resolution order, lowest first: the packaged default experiment < a ``--config`` file < explicit flags
 (or a dict of overrides from a notebook). Unknown keys are refused with the list of valid ones.
@@ -58,7 +59,7 @@ from kvsim.perf.predictor import Deployment, StepTimePredictor
 from kvsim.workloads import build_workload
 from kvsim.workloads.base import Workload
 
-SECTIONS = ("model", "gpu", "server", "workload", "output", "kvcm")
+SECTIONS = ("model", "gpu", "server", "workload", "output", "kvcm", "cluster")
 SERVER_KEYS = (
     "tp",
     "dtype",
@@ -100,6 +101,8 @@ WORKLOAD_KEYS = (
     "seed",
 )
 OUTPUT_KEYS = ("output_dir", "plots", "hisim_file_aliases")
+#: The ``cluster:`` section (run by :mod:`kvsim.cluster`; an experiment without it is one engine).
+CLUSTER_KEYS = ("instances", "router", "router_params", "instance_overrides")
 #: KVCM's event log in a run directory (``--hicache-storage-backend kvcm``).
 KVCM_EVENTS_FILE = "kvcm_events.jsonl"
 #: HiSim's names for the two logs, written as copies when ``output.hisim_file_aliases`` is set.
@@ -134,7 +137,13 @@ def _check_keys(config: Mapping[str, Any], where: str) -> None:
     for section in config:
         if section not in SECTIONS:
             raise ConfigError(f"{where}: unknown section {section!r}; valid: {', '.join(SECTIONS)}")
-    allowed = {"server": SERVER_KEYS, "workload": WORKLOAD_KEYS, "output": OUTPUT_KEYS, "kvcm": KVCM_KEYS}
+    allowed = {
+        "server": SERVER_KEYS,
+        "workload": WORKLOAD_KEYS,
+        "output": OUTPUT_KEYS,
+        "kvcm": KVCM_KEYS,
+        "cluster": CLUSTER_KEYS,
+    }
     for section, keys in allowed.items():
         body = config.get(section)
         if body is None:
@@ -205,19 +214,30 @@ def _request_rate(value: Any) -> float:
     return float(value)
 
 
-def run_experiment(
+@dataclass(slots=True)
+class EngineBuild:
+    """One simulated engine, built from a resolved config but not yet run (shared by ``kvsim.cluster``)."""
+
+    server_cfg: dict[str, Any]
+    server: ResolvedServer
+    deployment: Deployment
+    workload: Workload
+    scheduler: SGLangScheduler
+    predictor: StepTimePredictor
+    kvcm_section: KvcmSection
+    #: the client's ``--max-concurrency`` (None: unlimited)
+    max_concurrency: int | None
+    l3: L3Controller | None = None
+
+
+def build_engine(
     config: Mapping[str, Any],
     *,
-    iteration_log: IterationLogWriter | None = None,
-    on_finish: Callable[[int], None] | None = None,
     workload: Workload | None = None,
     kvcm_events: EventSink | None = None,
-) -> SimResult:
-    """Simulate one resolved experiment config; deterministic for a given config.
-
-    ``kvcm_events`` receives KVCM's event log when the storage backend is ``kvcm`` (e.g. a
-    :class:`~kvsim.cache.events.MemorySink` to keep it in memory); the log is dropped when None.
-    """
+) -> EngineBuild:
+    """Resolve ``config`` into one engine's scheduler and step-time predictor (and the workload, unless
+    given); :func:`run_experiment` drives one of these, a cluster drives several."""
     server_cfg = dict(config.get("server") or {})
     args = _server_args(server_cfg)
     deployment = Deployment.create(
@@ -257,33 +277,83 @@ def run_experiment(
         raise UserInputError(
             f"--page-size {server.args.page_size} does not divide the Mooncake trace's 512-token blocks"
         )
-    driver = EngineDriver(
+    return EngineBuild(
+        server_cfg,
+        server,
+        deployment,
+        workload,
         scheduler,
         StepTimePredictor(deployment),
-        workload,
-        max_concurrency=None if max_concurrency is None else int(max_concurrency),
+        kvcm_section,
+        None if max_concurrency is None else int(max_concurrency),
+        l3,
+    )
+
+
+def engine_metrics(build: EngineBuild, records: list[RequestRecord], stats: DriverStats) -> dict[str, Any]:
+    """``metrics.json`` of one engine's run: bench_serving's summary plus the engine's own counters.
+
+    ``records`` must be sorted by request id.
+    """
+    scheduler = build.scheduler
+    metrics = summarize(records, truncated_requests=build.workload.truncated_requests, start_s=0.0)
+    metrics["num_retractions"] = scheduler.num_retractions
+    metrics["prefill_steps"] = stats.prefill_steps
+    metrics["decode_steps"] = stats.decode_steps
+    metrics["max_total_tokens"] = build.server.max_total_tokens
+    if scheduler.hicache is not None:
+        metrics.update(hicache_metrics(records, scheduler.hicache))
+    if build.l3 is not None:
+        metrics.update(l3_metrics(records, build.l3))
+    return metrics
+
+
+def resolved_config(config: Mapping[str, Any], build: EngineBuild) -> dict[str, Any]:
+    """``config`` with the server settings the engine derived (``config.resolved.yaml``)."""
+    resolved = copy.deepcopy(dict(config))
+    resolved["server"] = {**build.server_cfg, **build.server.to_dict(), "tp": build.deployment.tp}
+    if build.l3 is not None and isinstance(build.l3.store, KvcmStore):
+        resolved["kvcm"] = build.kvcm_section.to_dict()
+    return resolved
+
+
+def run_experiment(
+    config: Mapping[str, Any],
+    *,
+    iteration_log: IterationLogWriter | None = None,
+    on_finish: Callable[[int], None] | None = None,
+    workload: Workload | None = None,
+    kvcm_events: EventSink | None = None,
+) -> SimResult:
+    """Simulate one resolved experiment config; deterministic for a given config.
+
+    ``kvcm_events`` receives KVCM's event log when the storage backend is ``kvcm`` (e.g. a
+    :class:`~kvsim.cache.events.MemorySink` to keep it in memory); the log is dropped when None.
+    """
+    build = build_engine(config, workload=workload, kvcm_events=kvcm_events)
+    driver = EngineDriver(
+        build.scheduler,
+        build.predictor,
+        build.workload,
+        max_concurrency=build.max_concurrency,
         iteration_log=iteration_log,
         on_finish=on_finish,
     )
     stats = driver.run()
-    if l3 is not None:
-        l3.close()
+    if build.l3 is not None:
+        build.l3.close()
     records = sorted(stats.records, key=lambda r: r.request_id)
-    metrics = summarize(records, truncated_requests=workload.truncated_requests, start_s=0.0)
-    metrics["num_retractions"] = scheduler.num_retractions
-    metrics["prefill_steps"] = stats.prefill_steps
-    metrics["decode_steps"] = stats.decode_steps
-    metrics["max_total_tokens"] = server.max_total_tokens
-    if scheduler.hicache is not None:
-        metrics.update(hicache_metrics(records, scheduler.hicache))
-    if l3 is not None:
-        metrics.update(l3_metrics(records, l3))
-    resolved = copy.deepcopy(dict(config))
-    resolved["server"] = {**server_cfg, **server.to_dict(), "tp": deployment.tp}
-    if l3 is not None and isinstance(l3.store, KvcmStore):
-        resolved["kvcm"] = kvcm_section.to_dict()
+    metrics = engine_metrics(build, records, stats)
     return SimResult(
-        resolved, server, deployment, workload, records, metrics, stats, scheduler.num_retractions, l3
+        resolved_config(config, build),
+        build.server,
+        build.deployment,
+        build.workload,
+        records,
+        metrics,
+        stats,
+        build.scheduler.num_retractions,
+        build.l3,
     )
 
 

@@ -1,0 +1,431 @@
+"""A fleet: N simulated SGLang engines on one simpy clock, one client and a router in front.
+
+Each instance is an ordinary :class:`~kvsim.engines.driver.EngineDriver` (the engine loop, step times
+and scheduler are the single-engine ones, not a copy) sharing the fleet's :class:`simpy.Environment`.
+The fleet replaces the driver's client: it replays the workload's arrivals (behind the global
+``--max-concurrency`` semaphore, as ``bench_serving`` in front of a load balancer would), asks the
+router for an instance at the moment each request is sent, and hands the request to that engine.
+
+Instances share the server settings of the experiment; each has its own KV pool, HiCache host tier and
+L3 controller (a local cache). With the ``kvcm`` backend the KVCM event log is kept only for a
+one-instance fleet (several engines' logs in one file would not be replayable).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import simpy
+
+from kvsim.cache.events import EventSink
+from kvsim.cache.radix import RadixTree
+from kvsim.cluster.routers import Router, make_router
+from kvsim.core.errors import ConfigError
+from kvsim.engines.driver import DriverStats, EngineDriver
+from kvsim.engines.experiment import (
+    EngineBuild,
+    build_engine,
+    engine_metrics,
+    hicache_metrics,
+    l3_metrics,
+    merge_config,
+    resolved_config,
+)
+from kvsim.engines.sglang.hicache import HiCacheKVPool
+from kvsim.engines.sglang.scheduler import SGLangScheduler
+from kvsim.metrics import IterationLogWriter, RequestRecord, summarize
+from kvsim.workloads.base import Request, Workload
+
+#: The sections an instance may override: its hardware and server, never the shared workload.
+OVERRIDE_SECTIONS = ("model", "gpu", "server")
+#: Engine metrics that are shares of the fleet's prompt tokens: recomputed over all requests, not summed.
+_RATIO_KEYS = ("prefix_cache_reused_ratio", "l2_hit_ratio", "l3_hit_ratio", "l3_prefetch_ratio")
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSection:
+    """The experiment file's ``cluster:`` section."""
+
+    instances: int = 1
+    router: str = "round_robin"
+    router_params: Mapping[str, Any] | None = None
+    #: per instance (by index), sections merged over the experiment's: ``model``, ``gpu``, ``server``
+    instance_overrides: tuple[Mapping[str, Any], ...] = ()
+
+
+def parse_cluster_section(body: Mapping[str, Any] | None) -> ClusterSection:
+    """Validate ``cluster:`` (keys are checked by the experiment loader; values here)."""
+    body = dict(body or {})
+    instances = body.get("instances", 1)
+    if isinstance(instances, bool) or not isinstance(instances, int) or instances < 1:
+        raise ConfigError(f"cluster.instances: must be an integer >= 1, got {instances!r}")
+    router = body.get("router") or "round_robin"
+    params = body.get("router_params") or {}
+    if not isinstance(params, Mapping):
+        raise ConfigError("cluster.router_params: must be a mapping")
+    make_router(str(router), params)  # fail on a bad name or parameter before anything runs
+    overrides = body.get("instance_overrides") or []
+    if not isinstance(overrides, list) or len(overrides) > instances:
+        raise ConfigError(f"cluster.instance_overrides: must be a list of at most {instances} mappings")
+    for index, entry in enumerate(overrides):
+        if entry is None:
+            continue
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"cluster.instance_overrides[{index}]: must be a mapping")
+        for key in entry:
+            if key not in OVERRIDE_SECTIONS:
+                raise ConfigError(
+                    f"cluster.instance_overrides[{index}]: unknown section {key!r}; "
+                    f"valid: {', '.join(OVERRIDE_SECTIONS)}"
+                )
+    return ClusterSection(instances, str(router), dict(params), tuple(dict(e or {}) for e in overrides))
+
+
+def instance_config(config: Mapping[str, Any], section: ClusterSection, index: int) -> dict[str, Any]:
+    """The experiment config of instance ``index``: ``config`` with its ``instance_overrides`` entry."""
+    if index >= len(section.instance_overrides) or not section.instance_overrides[index]:
+        return dict(config)
+    return merge_config(
+        dict(config), section.instance_overrides[index], f"cluster.instance_overrides[{index}]"
+    )
+
+
+def tree_prefix_hit(
+    tree: RadixTree, keys: tuple[int, ...], page_size: int, *, tiered: bool
+) -> tuple[int, int]:
+    """Length of ``keys`` cached in ``tree`` on device, then host-only, in whole pages; read-only.
+
+    An untiered tree (no HiCache) holds everything on device. In a tiered tree the device part ends
+    at the deepest matched node on device and the host part runs on through nodes held on host, as
+    SGLang's ``HiRadixCache.match_prefix`` splits it. ``RadixTree.match_prefix`` is not used because
+    it splits the node where the match ends, which would change what the engine later evicts.
+    """
+    node = tree.root
+    i = 0
+    n = len(keys)
+    path: list[tuple[int, int]] = []  # (end position, tier mask) of each node on the match
+    while i < n:
+        child = node.children.get(keys[i])
+        if child is None:
+            break
+        run = child.key
+        if keys[i : i + len(run)] == run:
+            i += len(run)
+            path.append((i, child.tiers))
+            node = child
+            continue
+        m = 0
+        while m < len(run) and i + m < n and run[m] == keys[i + m]:
+            m += 1
+        i += m
+        path.append((i, child.tiers))
+        break
+    if not tiered:
+        return i - i % page_size, 0
+    device_mask = tree.tier_mask("device")
+    host_mask = tree.tier_mask("host")
+    device = 0
+    for end, tiers in path:
+        if tiers & device_mask:
+            device = end
+    total = device
+    for end, tiers in path:
+        if end <= device:
+            continue
+        if not tiers & host_mask:
+            break  # a node dropped from both tiers: nothing below it is usable
+        total = end
+    device -= device % page_size
+    total -= total % page_size
+    return device, max(total - device, 0)
+
+
+class _PromptKeys:
+    """The radix keys of the last request asked for: the prompt less its last token, as a tuple."""
+
+    def __init__(self) -> None:
+        self._req: Request | None = None
+        self._keys: tuple[int, ...] = ()
+
+    def of(self, req: Request) -> tuple[int, ...]:
+        """``req``'s keys, converted once however many instances probe it."""
+        if req is not self._req:
+            self._keys = tuple(req.token_ids[: req.input_len - 1].tolist())
+            self._req = req
+        return self._keys
+
+
+class EngineView:
+    """A router's view of one instance: its load and a read-only probe of its radix tree."""
+
+    def __init__(self, driver: EngineDriver, keys: _PromptKeys | None = None) -> None:
+        """``keys`` is shared by the views of one fleet so that a prompt is converted once."""
+        self.driver = driver
+        self.scheduler: SGLangScheduler = driver.scheduler
+        #: prompt + output tokens of requests sent to this instance and not finished (kept by the fleet)
+        self.outstanding_tokens = 0
+        self._hicache = isinstance(driver.scheduler.pool, HiCacheKVPool)
+        self._keys = keys if keys is not None else _PromptKeys()
+
+    def load_tokens(self) -> int:
+        """Prompt plus output tokens of the requests sent here and not finished yet.
+
+        Kept by the fleet as requests come and go, rather than read from the scheduler's queues: a
+        request inside a prefill step is in neither the waiting queue nor the running set, and a
+        router that missed it would send a burst to the same idle-looking engine.
+        """
+        return self.outstanding_tokens
+
+    def prefix_hit(self, req: Request) -> tuple[int, int]:
+        """Prompt tokens cached on device and host-only, in whole pages, as the engine would match them.
+
+        Walks the tree without touching it: ``RadixTree.match_prefix`` would split a node where the
+        match ends, which would change what the engine later evicts.
+        """
+        pool = self.scheduler.pool
+        if not pool.enable_prefix_cache or req.input_len <= 1:
+            return 0, 0
+        return tree_prefix_hit(pool.tree, self._keys.of(req), pool.page_size, tiered=self._hicache)
+
+
+class _TaggedLog:
+    """An iteration log shared by the fleet: each step's line gets ``extra.instance``."""
+
+    def __init__(self, writer: IterationLogWriter, instance: int) -> None:
+        self.writer = writer
+        self.instance = instance
+
+    def log(
+        self,
+        time_s: float,
+        kind: str,
+        batch: Any,
+        step_time_ms: float,
+        num_running: int,
+        num_waiting: int,
+        extra: Mapping[str, float] | None = None,
+    ) -> None:
+        """Forward one step to the shared writer, tagged with the instance index."""
+        tagged = {**(extra or {}), "instance": self.instance}
+        self.writer.log(time_s, kind, batch, step_time_ms, num_running, num_waiting, tagged)
+
+
+class Fleet:
+    """N engine drivers on one clock behind one client and a router."""
+
+    def __init__(
+        self,
+        builds: Sequence[EngineBuild],
+        router: Router,
+        workload: Workload,
+        *,
+        max_concurrency: int | None = None,
+        iteration_log: IterationLogWriter | None = None,
+        on_finish: Callable[[int], None] | None = None,
+    ) -> None:
+        self.env = simpy.Environment()
+        self.router = router
+        self.workload = workload
+        self.max_concurrency = max_concurrency
+        self.on_finish = on_finish
+        self.drivers: list[EngineDriver] = []
+        for index, build in enumerate(builds):
+            log = (
+                None if iteration_log is None else cast(IterationLogWriter, _TaggedLog(iteration_log, index))
+            )
+            driver = EngineDriver(
+                build.scheduler,
+                build.predictor,
+                workload,
+                iteration_log=log,
+                on_finish=functools.partial(self._finished, index),
+                env=self.env,
+            )
+            driver.expected_requests = 0  # raised as the router sends requests to it
+            self.drivers.append(driver)
+        keys = _PromptKeys()
+        self.views = [EngineView(driver, keys) for driver in self.drivers]
+        #: request id -> instance index, the router's decisions
+        self.assignments: dict[int, int] = {}
+        self._in_flight = 0
+        self._finished_count = 0
+        self._pending: deque[Request] = deque()
+        self._arrivals_done = False
+        self._ended = False
+
+    def _arrivals(self):  # type: ignore[no-untyped-def]
+        env = self.env
+        for req in self.workload.requests:
+            delay = req.arrival_s - env.now
+            if delay > 0:
+                yield env.timeout(delay)
+            if self.max_concurrency is not None and self._in_flight >= self.max_concurrency:
+                self._pending.append(req)
+            else:
+                self._send(req)
+        self._arrivals_done = True
+        self._maybe_end()
+
+    def _send(self, req: Request) -> None:
+        index = self.router.choose(req, self.views)
+        self.assignments[req.request_id] = index
+        driver = self.drivers[index]
+        driver.expected_requests += 1
+        self.views[index].outstanding_tokens += req.input_len + req.output_len
+        self._in_flight += 1
+        driver.send(req)
+
+    def _finished(self, index: int, _count: int) -> None:
+        # Called by instance ``index``'s driver right after it recorded a finished request; the freed
+        # client slot goes to the next pending request at once, as in the single-engine driver.
+        record = self.drivers[index].stats.records[-1]
+        self.views[index].outstanding_tokens -= record.input_len + record.output_len
+        self._in_flight -= 1
+        self._finished_count += 1
+        if self.on_finish is not None:
+            self.on_finish(self._finished_count)
+        if self._pending:
+            self._send(self._pending.popleft())
+        self._maybe_end()
+
+    def _maybe_end(self) -> None:
+        # Engines may stop only once the client has nothing left to send anywhere.
+        if self._arrivals_done and not self._pending and not self._ended:
+            self._ended = True
+            for driver in self.drivers:
+                driver.end_arrivals()
+
+    def run(self) -> list[DriverStats]:
+        """Simulate until every request has finished; the per-instance stats."""
+        self.env.process(self._arrivals())
+        engines = [driver.start_engine() for driver in self.drivers]
+        self.env.run(until=self.env.all_of(engines))
+        return [driver.stats for driver in self.drivers]
+
+
+@dataclass(slots=True)
+class ClusterResult:
+    """Everything a simulated fleet produced, in memory."""
+
+    config: dict[str, Any]
+    section: ClusterSection
+    builds: list[EngineBuild]
+    workload: Workload
+    #: every request, sorted by id
+    records: list[RequestRecord]
+    #: request id -> instance index
+    assignments: dict[int, int]
+    #: fleet metrics; ``metrics["instances"]`` holds one dict per instance
+    metrics: dict[str, Any]
+    stats: list[DriverStats]
+
+
+def run_cluster(
+    config: Mapping[str, Any],
+    *,
+    iteration_log: IterationLogWriter | None = None,
+    on_finish: Callable[[int], None] | None = None,
+    workload: Workload | None = None,
+    kvcm_events: EventSink | None = None,
+) -> ClusterResult:
+    """Simulate the fleet of a resolved experiment config (its ``cluster:`` section); deterministic."""
+    section = parse_cluster_section(config.get("cluster"))
+    events = kvcm_events if section.instances == 1 else None
+    first = build_engine(instance_config(config, section, 0), workload=workload, kvcm_events=events)
+    builds = [first]
+    # The workload is built once, by instance 0 (its context length truncates the prompts), and shared.
+    for index in range(1, section.instances):
+        builds.append(build_engine(instance_config(config, section, index), workload=first.workload))
+    fleet = Fleet(
+        builds,
+        make_router(section.router, section.router_params),
+        first.workload,
+        max_concurrency=first.max_concurrency,
+        iteration_log=iteration_log,
+        on_finish=on_finish,
+    )
+    stats = fleet.run()
+    for build in builds:
+        if build.l3 is not None:
+            build.l3.close()
+    records = sorted((r for s in stats for r in s.records), key=lambda r: r.request_id)
+    metrics = fleet_metrics(builds, stats, section)
+    resolved = resolved_config(config, first)
+    resolved["cluster"] = {
+        "instances": section.instances,
+        "router": section.router,
+        "router_params": dict(section.router_params or {}),
+        "instance_overrides": [dict(entry) for entry in section.instance_overrides],
+    }
+    return ClusterResult(
+        resolved, section, builds, first.workload, records, fleet.assignments, metrics, stats
+    )
+
+
+def fleet_metrics(
+    builds: Sequence[EngineBuild], stats: Sequence[DriverStats], section: ClusterSection
+) -> dict[str, Any]:
+    """Fleet ``metrics.json``: the single-engine fields over all requests, plus ``router`` and one
+    ``instances`` entry per engine (its own engine metrics, ``busy_s`` and ``busy_fraction``).
+
+    Engine counters are summed over instances and cache ratios recomputed over all requests, so a
+    one-instance fleet reproduces ``kvsim sim``'s fields exactly. ``l3_mean_prefetch_ms`` is a
+    per-engine mean: for several instances it is averaged weighted by each one's ``l3_prefetches``.
+    """
+    per_instance: list[dict[str, Any]] = []
+    all_records: list[RequestRecord] = []
+    for build, stat in zip(builds, stats, strict=True):
+        records = sorted(stat.records, key=lambda r: r.request_id)
+        all_records.extend(records)
+        per_instance.append(engine_metrics(build, records, stat) if records else _idle_metrics(build, stat))
+    all_records.sort(key=lambda r: r.request_id)
+    first = builds[0]
+    metrics = summarize(all_records, truncated_requests=first.workload.truncated_requests, start_s=0.0)
+    # An idle instance has no summary: take the engine fields from one that served requests.
+    template = next((m for m in per_instance if m.get("completed")), per_instance[0])
+    engine_keys = [k for k in template if k not in metrics]
+    ratios: dict[str, Any] = {}
+    if first.scheduler.hicache is not None:
+        ratios.update(hicache_metrics(all_records, first.scheduler.hicache))
+    if first.l3 is not None:
+        ratios.update(l3_metrics(all_records, first.l3))
+    for key in engine_keys:
+        values = [m[key] for m in per_instance if key in m]
+        if key in _RATIO_KEYS:
+            metrics[key] = ratios[key]
+        elif len(values) == 1:
+            metrics[key] = values[0]
+        elif key == "l3_mean_prefetch_ms":
+            weights = [m.get("l3_prefetches") or 0 for m in per_instance]
+            total = sum(weights)
+            metrics[key] = sum(v * w for v, w in zip(values, weights, strict=True)) / total if total else 0.0
+        elif all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            metrics[key] = sum(values)  # type: ignore[arg-type]
+        elif all(v == values[0] for v in values):
+            metrics[key] = values[0]
+    duration = float(metrics.get("duration") or 0.0)
+    for index, (entry, stat) in enumerate(zip(per_instance, stats, strict=True)):
+        entry["instance"] = index
+        entry["gpu"] = builds[index].deployment.gpu.name
+        entry["tp"] = builds[index].deployment.tp
+        entry["busy_s"] = stat.busy_s
+        # Busy share of the fleet's run, not of the instance's own span, so instances compare.
+        entry["busy_fraction"] = stat.busy_s / duration if duration > 0 else 0.0
+    metrics["router"] = section.router
+    metrics["instances"] = per_instance
+    return metrics
+
+
+def _idle_metrics(build: EngineBuild, stat: DriverStats) -> dict[str, Any]:
+    """Metrics of an instance the router sent nothing (bench_serving's summary needs requests)."""
+    return {
+        "completed": 0,
+        "num_retractions": build.scheduler.num_retractions,
+        "prefill_steps": stat.prefill_steps,
+        "decode_steps": stat.decode_steps,
+        "max_total_tokens": build.server.max_total_tokens,
+    }

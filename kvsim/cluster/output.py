@@ -1,0 +1,161 @@
+"""A fleet's run directory: the single-engine files plus the router's decisions and per-instance plots.
+
+``metrics.json`` holds the fleet's fields (as ``kvsim sim`` writes them, over all requests) plus
+``router`` and an ``instances`` list; each ``requests.jsonl`` line gains ``instance``, the index the
+router chose; each ``iterations.jsonl`` line carries ``extra.instance``; ``cluster_instances.png``
+shows each instance's queue over time, its busy share and its prefix-cache hit rate.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from matplotlib.figure import Figure
+
+from kvsim import __version__
+from kvsim.cache.events import JsonlFileSink
+from kvsim.cluster.fleet import ClusterResult, parse_cluster_section, run_cluster
+from kvsim.engines.experiment import KVCM_EVENTS_FILE
+from kvsim.metrics import ITERATIONS_FILE, REQUESTS_FILE, IterationLogWriter, format_report, write_metrics
+from kvsim.metrics.plots import LATENCY_CDF_PNG, THROUGHPUT_PNG, plot_latency_cdf, plot_throughput
+from kvsim.metrics.writers import write_requests
+
+CLUSTER_PNG = "cluster_instances.png"
+
+
+def write_cluster_requests(path: Path, result: ClusterResult) -> Path:
+    """``requests.jsonl`` with each line's ``instance`` (the router's choice), keys still sorted."""
+    write_requests(path, result.records, include_token_times=False)
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    out = []
+    for line, record in zip(lines, result.records, strict=True):
+        # "instance" sorts between "input_len" and "output_len"; every line has both keys.
+        out.append(
+            line.replace(
+                '"output_len":', f'"instance":{result.assignments[record.request_id]},"output_len":', 1
+            )
+        )
+    path.write_text("".join(out), encoding="utf-8")
+    return path
+
+
+def plot_instances(result: ClusterResult, path: Path) -> Path:
+    """Draw each instance's running+waiting requests over time, busy share and prefix-cache hit rate."""
+    fig = Figure(figsize=(11, 8), layout="constrained")
+    ax_queue, ax_bars = fig.subplots(2, 1)
+    ax_queue.set_title("Requests running + waiting per instance")
+    ax_queue.set_xlabel("time (s)")
+    ax_queue.set_ylabel("requests")
+    ax_queue.grid(True, alpha=0.3)
+    for index, stat in enumerate(result.stats):
+        if stat.timeline:
+            times = np.array([t for t, _, _ in stat.timeline], dtype=np.float64)
+            load = np.array([r + w for _, r, w in stat.timeline], dtype=np.int64)
+            ax_queue.plot(times, load, drawstyle="steps-post", linewidth=0.8, label=f"#{index}")
+    if len(result.stats) <= 16:
+        ax_queue.legend(loc="upper right", fontsize="x-small", ncol=4)
+    instances = result.metrics["instances"]
+    x = np.arange(len(instances))
+    busy = [entry["busy_fraction"] for entry in instances]
+    hits = [_hit_rate(result, index) for index in range(len(instances))]
+    width = 0.4
+    ax_bars.bar(x - width / 2, busy, width, label="busy share of the run")
+    ax_bars.bar(x + width / 2, hits, width, label="prefix-cache hit rate (cached / prompt tokens)")
+    ax_bars.set_xticks(x, [f"#{i}" for i in x])
+    ax_bars.set_ylim(0, 1.05)
+    ax_bars.set_xlabel("instance")
+    ax_bars.set_title(f"Load and hit rate per instance (router: {result.section.router})")
+    ax_bars.grid(True, axis="y", alpha=0.3)
+    ax_bars.legend(loc="upper right", fontsize="small")
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def _hit_rate(result: ClusterResult, index: int) -> float:
+    """Cached prompt tokens over prompt tokens of the requests sent to instance ``index``."""
+    records = result.stats[index].records
+    prompt = sum(r.input_len for r in records)
+    return sum(r.cached_tokens for r in records) / prompt if prompt else 0.0
+
+
+def write_cluster_run(
+    config: Mapping[str, Any],
+    output_dir: str | Path,
+    *,
+    plots: bool = True,
+    on_finish: Callable[[int], None] | None = None,
+    wall_clock: Callable[[], float] | None = None,
+) -> tuple[ClusterResult, Path]:
+    """Run the fleet and write its run directory; nothing is left behind if the run fails (staged as
+    :func:`kvsim.engines.experiment.write_run` stages a single engine's)."""
+    target = Path(output_dir)
+    staging = target.with_name(f".{target.name}.partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    started = wall_clock() if wall_clock else 0.0
+    try:
+        server = config.get("server") or {}
+        one = parse_cluster_section(config.get("cluster")).instances == 1
+        # KVCM's event log is kept for a one-instance fleet only (see kvsim.cluster.fleet).
+        events = (
+            JsonlFileSink(staging / KVCM_EVENTS_FILE)
+            if one and server.get("hicache_storage_backend") == "kvcm"
+            else None
+        )
+        with IterationLogWriter(staging / ITERATIONS_FILE) as log:
+            try:
+                result = run_cluster(config, iteration_log=log, on_finish=on_finish, kvcm_events=events)
+            finally:
+                if events is not None:
+                    events.close()
+        write_metrics(staging, result.metrics)
+        write_cluster_requests(staging / REQUESTS_FILE, result)
+        (staging / "config.resolved.yaml").write_text(
+            yaml.safe_dump(result.config, sort_keys=False), encoding="utf-8"
+        )
+        if plots:
+            plot_latency_cdf(result.records, staging / LATENCY_CDF_PNG)
+            plot_throughput(result.records, staging / THROUGHPUT_PNG)
+            plot_instances(result, staging / CLUSTER_PNG)
+        run_info = {
+            "kvsim_version": __version__,
+            "wall_time_s": round((wall_clock() - started), 3) if wall_clock else None,
+            "simulated_duration_s": result.metrics.get("duration"),
+        }
+        (staging / "run.json").write_text(json.dumps(run_info, indent=2) + "\n", encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    return result, target
+
+
+def cluster_report(result: ClusterResult) -> str:
+    """bench_serving's table for the fleet, then one line per instance."""
+    wl = result.config.get("workload") or {}
+    rate = "trace" if wl.get("dataset_name") == "mooncake" else wl.get("request_rate")
+    lines = [format_report(result.metrics, request_rate=rate, max_concurrency=wl.get("max_concurrency"))]
+    lines.append(f"router: {result.section.router}, instances: {result.section.instances}")
+    lines.extend(
+        _instance_lines(result.metrics["instances"], [_hit_rate(result, i) for i in range(len(result.stats))])
+    )
+    return "\n".join(lines)
+
+
+def _instance_lines(instances: Sequence[Mapping[str, Any]], hits: Sequence[float]) -> list[str]:
+    rows = [f"{'instance':>8} {'requests':>9} {'busy':>6} {'hit rate':>9} {'mean TTFT ms':>13}"]
+    for entry, hit in zip(instances, hits, strict=True):
+        ttft = entry.get("mean_ttft_ms")
+        ttft_text = f"{ttft:13.1f}" if ttft is not None else f"{'-':>13}"
+        busy = entry["busy_fraction"]
+        rows.append(f"{entry['instance']:>8} {entry['completed']:>9} {busy:>6.2f} {hit:>9.3f} {ttft_text}")
+    return rows
