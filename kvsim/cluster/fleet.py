@@ -7,8 +7,13 @@ The fleet replaces the driver's client: it replays the workload's arrivals (behi
 router for an instance at the moment each request is sent, and hands the request to that engine.
 
 Instances share the server settings of the experiment; each has its own KV pool, HiCache host tier and
-L3 controller (a local cache). With the ``kvcm`` backend the KVCM event log is kept only for a
-one-instance fleet (several engines' logs in one file would not be replayable).
+L3 controller. With the ``kvcm`` storage backend, ``cluster.kvcm_scope`` says whose cache the L3 is:
+``local`` (the default) gives each engine its own KVCM manager, instance id and group quota; ``global``
+registers every engine under one instance id of one shared manager, so one engine's backups are every
+engine's prefetch hits and all draw on one quota (:class:`~kvsim.engines.sglang.kvcm_store.SharedKvcmView`).
+The KVCM event log is kept only for a one-instance fleet (several logs in one file would not replay).
+With ``cluster.shared_tiers: true`` the engines' L3 transfers share each storage tier's bandwidth
+(:class:`~kvsim.engines.sglang.storage.L3Group`); otherwise each engine has a tier's full bandwidth.
 """
 
 from __future__ import annotations
@@ -36,7 +41,9 @@ from kvsim.engines.experiment import (
     resolved_config,
 )
 from kvsim.engines.sglang.hicache import HiCacheKVPool
+from kvsim.engines.sglang.kvcm_store import KvcmStore, SharedKvcmView
 from kvsim.engines.sglang.scheduler import SGLangScheduler
+from kvsim.engines.sglang.storage import L3Group
 from kvsim.metrics import IterationLogWriter, RequestRecord, summarize
 from kvsim.workloads.base import Request, Workload
 
@@ -44,6 +51,8 @@ from kvsim.workloads.base import Request, Workload
 OVERRIDE_SECTIONS = ("model", "gpu", "server")
 #: Engine metrics that are shares of the fleet's prompt tokens: recomputed over all requests, not summed.
 _RATIO_KEYS = ("prefix_cache_reused_ratio", "l2_hit_ratio", "l3_hit_ratio", "l3_prefetch_ratio")
+#: ``cluster.kvcm_scope`` values: one KVCM manager per engine, or one shared by all.
+KVCM_SCOPES = ("local", "global")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +64,10 @@ class ClusterSection:
     router_params: Mapping[str, Any] | None = None
     #: per instance (by index), sections merged over the experiment's: ``model``, ``gpu``, ``server``
     instance_overrides: tuple[Mapping[str, Any], ...] = ()
+    #: ``local``: a KVCM manager, instance id and quota per engine; ``global``: one shared by all
+    kvcm_scope: str = "local"
+    #: whether the engines' L3 transfers share each storage tier's bandwidth (one store for all)
+    shared_tiers: bool = False
 
 
 def parse_cluster_section(body: Mapping[str, Any] | None) -> ClusterSection:
@@ -82,7 +95,20 @@ def parse_cluster_section(body: Mapping[str, Any] | None) -> ClusterSection:
                     f"cluster.instance_overrides[{index}]: unknown section {key!r}; "
                     f"valid: {', '.join(OVERRIDE_SECTIONS)}"
                 )
-    return ClusterSection(instances, str(router), dict(params), tuple(dict(e or {}) for e in overrides))
+    scope = body.get("kvcm_scope") or "local"
+    if scope not in KVCM_SCOPES:
+        raise ConfigError(f"cluster.kvcm_scope: {scope!r} is not one of {', '.join(KVCM_SCOPES)}")
+    shared_tiers = body.get("shared_tiers", False)
+    if not isinstance(shared_tiers, bool):
+        raise ConfigError(f"cluster.shared_tiers: must be true or false, got {shared_tiers!r}")
+    return ClusterSection(
+        instances,
+        str(router),
+        dict(params),
+        tuple(dict(e or {}) for e in overrides),
+        str(scope),
+        shared_tiers,
+    )
 
 
 def instance_config(config: Mapping[str, Any], section: ClusterSection, index: int) -> dict[str, Any]:
@@ -340,6 +366,7 @@ def run_cluster(
     # The workload is built once, by instance 0 (its context length truncates the prompts), and shared.
     for index in range(1, section.instances):
         builds.append(build_engine(instance_config(config, section, index), workload=first.workload))
+    shared = share_kvcm(builds) if section.kvcm_scope == "global" and section.instances > 1 else None
     fleet = Fleet(
         builds,
         make_router(section.router, section.router_params),
@@ -348,10 +375,14 @@ def run_cluster(
         iteration_log=iteration_log,
         on_finish=on_finish,
     )
+    if section.shared_tiers and section.instances > 1:
+        share_tiers(fleet, builds)
     stats = fleet.run()
     for build in builds:
         if build.l3 is not None:
             build.l3.close()
+    if shared is not None:
+        shared.close()
     records = sorted((r for s in stats for r in s.records), key=lambda r: r.request_id)
     metrics = fleet_metrics(builds, stats, section)
     resolved = resolved_config(config, first)
@@ -360,10 +391,59 @@ def run_cluster(
         "router": section.router,
         "router_params": dict(section.router_params or {}),
         "instance_overrides": [dict(entry) for entry in section.instance_overrides],
+        "kvcm_scope": section.kvcm_scope,
+        "shared_tiers": section.shared_tiers,
     }
     return ClusterResult(
         resolved, section, builds, first.workload, records, fleet.assignments, metrics, stats
     )
+
+
+def share_kvcm(builds: Sequence[EngineBuild]) -> KvcmStore:
+    """Make every engine's L3 use instance 0's KVCM store (global scope); returns that store.
+
+    Each engine gets a :class:`SharedKvcmView` of it (instance 0's view reports the manager-wide
+    counters). The managers the other engines built are dropped unused: the shared one was registered
+    by instance 0 and the others use its instance id, as engines of one deployment registering under
+    one id do.
+
+    Raises:
+        ConfigError: an engine without the ``kvcm`` storage backend, or page sizes that differ (KVCM's
+            block size is the instance's, one for all).
+    """
+    stores = [build.l3.store if build.l3 is not None else None for build in builds]
+    if not all(isinstance(store, KvcmStore) for store in stores):
+        raise ConfigError("cluster.kvcm_scope: global needs every instance on --hicache-storage-backend kvcm")
+    pages = {build.server.args.page_size for build in builds}
+    if len(pages) != 1:
+        raise ConfigError(f"cluster.kvcm_scope: global needs one page size for all instances, got {pages}")
+    shared = cast(KvcmStore, stores[0])
+    for index, build in enumerate(builds):
+        assert build.l3 is not None
+        build.l3.store = SharedKvcmView(shared, owner=index == 0)
+    return shared
+
+
+def share_tiers(fleet: Fleet, builds: Sequence[EngineBuild]) -> L3Group:
+    """Put every engine's L3 controller in one :class:`L3Group`: one transfer IO, so each storage tier's
+    bandwidth is shared by all engines' transfers on it; the group wakes every driver when a transfer
+    is cancelled (the others then move faster than their engines planned for).
+
+    Raises:
+        ConfigError: an engine without an L3 storage tier.
+    """
+    controllers = [build.l3 for build in builds]
+    if any(controller is None for controller in controllers):
+        raise ConfigError("cluster.shared_tiers: needs every instance on an L3 --hicache-storage-backend")
+    group = L3Group([c for c in controllers if c is not None])
+    drivers = fleet.drivers
+
+    def wake() -> None:
+        for driver in drivers:
+            driver.wake()
+
+    group.wake = wake
+    return group
 
 
 def fleet_metrics(
@@ -384,7 +464,9 @@ def fleet_metrics(
         per_instance.append(engine_metrics(build, records, stat) if records else _idle_metrics(build, stat))
     all_records.sort(key=lambda r: r.request_id)
     first = builds[0]
-    metrics = summarize(all_records, truncated_requests=first.workload.truncated_requests, start_s=0.0)
+    metrics: dict[str, Any] = summarize(
+        all_records, truncated_requests=first.workload.truncated_requests, start_s=0.0
+    )
     # An idle instance has no summary: take the engine fields from one that served requests.
     template = next((m for m in per_instance if m.get("completed")), per_instance[0])
     engine_keys = [k for k in template if k not in metrics]

@@ -102,7 +102,7 @@ WORKLOAD_KEYS = (
 )
 OUTPUT_KEYS = ("output_dir", "plots", "hisim_file_aliases")
 #: The ``cluster:`` section (run by :mod:`kvsim.cluster`; an experiment without it is one engine).
-CLUSTER_KEYS = ("instances", "router", "router_params", "instance_overrides")
+CLUSTER_KEYS = ("instances", "router", "router_params", "instance_overrides", "kvcm_scope", "shared_tiers")
 #: KVCM's event log in a run directory (``--hicache-storage-backend kvcm``).
 KVCM_EVENTS_FILE = "kvcm_events.jsonl"
 #: HiSim's names for the two logs, written as copies when ``output.hisim_file_aliases`` is set.

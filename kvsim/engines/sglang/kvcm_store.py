@@ -541,6 +541,98 @@ class KvcmStore:
         }
 
 
+class SharedKvcmView:
+    """One engine's handle on a :class:`KvcmStore` that several engines of a fleet share (global KVCM).
+
+    Every engine of a "global" fleet talks to the same :class:`~kvsim.cache.CacheManager` under the same
+    instance id, so one engine's backups are another's prefetch hits and all draw on one group quota.
+    The view forwards to the shared store and keeps this engine's own counters, so that summing the
+    instances' metrics gives the fleet's totals; the manager-wide counters (reclaimed blocks, events)
+    are reported by the owning view only.
+
+    Time: each engine's L3 controller acts on its storage events lazily, at its own scheduler passes, so
+    a call may carry a time earlier than one another engine already made the shared manager see (its
+    clock never goes back). Such a call is applied at the manager's current time instead: late by at
+    most one scheduler pass of the calling engine. ``late_calls`` counts them.
+
+    Args:
+        store: the shared store.
+        owner: whether this view reports the manager-wide counters (exactly one view per store should).
+    """
+
+    def __init__(self, store: KvcmStore, *, owner: bool) -> None:
+        self.store = store
+        self.owner = owner
+        self.name = store.name
+        self.query_latency_s = store.query_latency_s
+        self.write_latency_s = store.write_latency_s
+        self.poll_interval_s = store.poll_interval_s
+        self.queries = 0
+        self.query_pages = 0
+        self.hit_pages = 0
+        self.refusals: dict[str, int] = {}
+        self.finish_failures = 0
+        self.late_calls = 0
+
+    def _at(self, now: float) -> float:
+        current = self.store.clock.now()
+        if now < current:
+            self.late_calls += 1
+            return current
+        return now
+
+    def query(self, keys: np.ndarray, skip_pages: int, now: float) -> TierRuns:
+        """The shared manager's prefix match (see :meth:`KvcmStore.query`), counted for this engine."""
+        runs = self.store.query(keys, skip_pages, self._at(now))
+        self.queries += 1
+        self.query_pages += len(keys) - skip_pages
+        self.hit_pages += sum(pages for _, pages in runs)
+        return runs
+
+    def start_write(self, keys: np.ndarray, now: float) -> WriteTicket:
+        """The shared manager's ``StartWriteCache``; refusals counted for this engine."""
+        before = dict(self.store.refusals)
+        ticket = self.store.start_write(keys, self._at(now))
+        for code, count in self.store.refusals.items():
+            if count > before.get(code, 0):
+                self.refusals[code] = self.refusals.get(code, 0) + count - before.get(code, 0)
+        return ticket
+
+    def finish_write(self, ticket: WriteTicket, now: float) -> int:
+        """The shared manager's ``FinishWriteCache``; an expired session counted for this engine."""
+        failures = self.store.finish_failures
+        served = self.store.finish_write(ticket, self._at(now))
+        self.finish_failures += self.store.finish_failures - failures
+        return served
+
+    def next_deadline(self) -> float | None:
+        """The shared manager's next deadline."""
+        return self.store.next_deadline()
+
+    def poll(self, now: float) -> None:
+        """Let the shared manager act on what is due (it never moves its clock back)."""
+        self.store.poll(now)
+
+    def close(self) -> None:
+        """Nothing: the fleet closes the shared store once every engine is done."""
+
+    def metrics(self) -> dict[str, object]:
+        """This engine's queries, hits, refusals and expired writes; the manager-wide counters from the
+        owning view only (0 elsewhere), so that instances sum to the fleet's totals."""
+        refused = ",".join(f"{code}={count}" for code, count in sorted(self.refusals.items()))
+        return {
+            "l3_storage_tiers": ",".join(f"{s.name}={s.tier.name}" for s in self.store.section.storages),
+            "l3_queries": self.queries,
+            "l3_query_blocks": self.query_pages,
+            "l3_hit_blocks": self.hit_pages,
+            "kvcm_reclaimed_blocks": self.store.reclaimed_locations if self.owner else 0,
+            "kvcm_refusals": refused,
+            "kvcm_expired_writes": self.finish_failures,
+            "kvcm_events": self.store.events.published if self.owner else 0,
+            "kvcm_late_calls": self.late_calls,
+        }
+
+
 __all__ = [
     "KVCM_KEYS",
     "STORAGE_TYPES",
@@ -548,5 +640,6 @@ __all__ = [
     "KvcmSection",
     "KvcmStorage",
     "KvcmStore",
+    "SharedKvcmView",
     "parse_kvcm_section",
 ]

@@ -362,6 +362,10 @@ class L3Controller:
         self.page_size = page_keys.page_size
         self.page_bytes = page_bytes
         self.io = TransferIO()
+        #: the fleet group whose shared transfer IO this controller uses (None: alone, its own IO)
+        self.group: L3Group | None = None
+        #: this controller's owner id on a shared IO (None: the IO is its own)
+        self.io_owner: int | None = None
         self.pool: L3KVPool | None = None
         self.prefetches: dict[int, PrefetchOp] = {}  # request id -> op, until the scheduler stops it
         self.occupied_tokens = 0  # host tokens reserved by prefetches in flight (SGLang's rate limit)
@@ -397,7 +401,11 @@ class L3Controller:
         heapq.heappush(self._acks, (when, self._seq, action))
 
     def advance(self, now: float) -> None:
-        """Run every transfer, query answer and store deadline due by ``now``, in time order."""
+        """Run every transfer, query answer and store deadline due by ``now``, in time order (in a
+        group, every member's, merged: :meth:`L3Group.advance`)."""
+        if self.group is not None:
+            self.group.advance(now)
+            return
         if now < self._now:
             return
         io, store = self.io, self.store
@@ -429,9 +437,12 @@ class L3Controller:
                 self._poll(t)
         io.advance(now)
         self._now = now
-        due = store.next_deadline()
+        self._poll_if_due(now)
+
+    def _poll_if_due(self, now: float) -> None:
+        due = self.store.next_deadline()
         if now > self._last_poll_s and (
-            (due is not None and due <= now) or now - self._last_poll_s >= store.poll_interval_s
+            (due is not None and due <= now) or now - self._last_poll_s >= self.store.poll_interval_s
         ):
             # The store's own background work (KVCM's reclaimer) runs at most once per interval, at
             # the scheduler's passes: writes, the only thing that raises usage, happen at them too.
@@ -554,7 +565,12 @@ class L3Controller:
             position += pages
             if lo < hi:
                 transfer = self.io.submit(
-                    tier, "read", (hi - lo) * self.page_bytes, now, partial(self._read_done, op)
+                    tier,
+                    "read",
+                    (hi - lo) * self.page_bytes,
+                    now,
+                    partial(self._read_done, op),
+                    self.io_owner or 0,
                 )
                 pending.append(transfer)
         op.in_flight = pending
@@ -672,7 +688,9 @@ class L3Controller:
         op.pages_left -= pages
         tier = op.ticket.tier
         assert tier is not None
-        self.io.submit(tier, "write", pages * self.page_bytes, now, partial(self._write_done, op))
+        self.io.submit(
+            tier, "write", pages * self.page_bytes, now, partial(self._write_done, op), self.io_owner or 0
+        )
 
     def _write_done(self, op: BackupOp, now: float) -> None:
         if op.pages_left:
@@ -706,19 +724,103 @@ class L3Controller:
             "l3_already_cached_blocks": self.cached_pages,
             "l3_refused_blocks": self.refused_pages,
             "l3_failed_blocks": self.failed_pages,
-            "l3_read_bytes": round(self.io.moved_bytes("read")),
-            "l3_write_bytes": round(self.io.moved_bytes("write")),
-            "l3_read_busy_s": self.io.busy_seconds("read"),
-            "l3_write_busy_s": self.io.busy_seconds("write"),
+            # On a shared IO, this engine's own bytes and the time its own transfers were moving.
+            "l3_read_bytes": round(self.io.moved_bytes("read", self.io_owner)),
+            "l3_write_bytes": round(self.io.moved_bytes("write", self.io_owner)),
+            "l3_read_busy_s": self.io.busy_seconds("read", self.io_owner),
+            "l3_write_busy_s": self.io.busy_seconds("write", self.io_owner),
         }
         data.update(self.store.metrics())
         return data
+
+
+class L3Group:
+    """The L3 controllers of a fleet's engines sharing their storage tiers' bandwidth.
+
+    Every member uses one :class:`TransferIO` (tracking owners), so a tier's read or write bandwidth is
+    shared by all transfers of all engines on it at that moment, as on one 3FS or Mooncake store. The
+    members' timed events (query answers, write starts) and the shared transfers' events then have to
+    run in one global time order: a member's events can no longer wait for its own scheduler pass,
+    since they change when another engine's transfers finish. Any member's :meth:`L3Controller.advance`
+    therefore advances the whole group, merging every member's events (ties: timed events before
+    transfers before store deadlines, as a lone controller orders them, then by member index).
+
+    Engines wake at the shared IO's next event while they wait for storage (their ``next_event_s`` is
+    the group's), and a new transfer only slows the others; a cancelled one speeds them up, so
+    ``wake`` (every engine's driver, set by the fleet) runs after each cancellation.
+
+    Args:
+        controllers: the members, in instance order (a member's index is its transfers' owner).
+    """
+
+    def __init__(self, controllers: Sequence[L3Controller]) -> None:
+        self.controllers = list(controllers)
+        self.io = TransferIO(track_owners=True)
+        self.io.on_cancel = self._cancelled
+        self.wake: Callable[[], None] | None = None
+        self._now = 0.0
+        for index, controller in enumerate(self.controllers):
+            controller.io = self.io
+            controller.io_owner = index
+            controller.group = self
+
+    def _cancelled(self) -> None:
+        if self.wake is not None:
+            self.wake()
+
+    def advance(self, now: float) -> None:
+        """Run every member's events and the shared transfers due by ``now``, in global time order."""
+        if now < self._now:
+            return
+        io = self.io
+        members = self.controllers
+        while True:
+            timed: tuple[float, int] | None = None
+            stored: tuple[float, int] | None = None
+            for index, member in enumerate(members):
+                if member._timed and (timed is None or member._timed[0][0] < timed[0]):
+                    timed = (member._timed[0][0], index)
+                due = member.store.next_deadline()
+                # A deadline at or before the member's last poll is due already: polled at a later time.
+                if due is not None and due > member._last_poll_s and (stored is None or due < stored[0]):
+                    stored = (due, index)
+            t_io = io.next_event_s()
+            t_timed = timed[0] if timed is not None else None
+            t_store = stored[0] if stored is not None else None
+            candidates = [t for t in (t_timed, t_io, t_store) if t is not None]
+            if not candidates:
+                break
+            t = min(candidates)
+            if t > now:
+                break
+            if timed is not None and t_timed == t:
+                io.advance(t)
+                member = members[timed[1]]
+                member._now = t
+                _, _, action = heapq.heappop(member._timed)
+                action(t)
+            elif t_io is not None and t_io == t:
+                t, finished = io.step()
+                for transfer in finished:
+                    members[transfer.owner]._now = t
+                    transfer.on_done(t)
+            else:
+                assert stored is not None
+                io.advance(t)
+                members[stored[1]]._now = t
+                members[stored[1]]._poll(t)
+        io.advance(now)
+        self._now = now
+        for member in members:
+            member._now = now
+            member._poll_if_due(now)
 
 
 __all__ = [
     "STORAGE_BATCH_PAGES",
     "BackupOp",
     "L3Controller",
+    "L3Group",
     "L3KVPool",
     "L3Store",
     "PlainStore",

@@ -11,6 +11,10 @@ channel or finishes, :meth:`TransferIO.step` moves time there and returns the tr
 and :meth:`TransferIO.advance` moves the fluid state to a time before the next event. Callers (the L3
 controller) interleave these steps with their own timed events so that everything happens in time
 order. The work per step is proportional to the transfers in flight, never to the time elapsed.
+
+A fleet with shared tiers (``cluster.shared_tiers``) gives every engine's L3 controller one
+``TransferIO(track_owners=True)``: a tier's bandwidth is then shared by every transfer of every engine
+on it, and each transfer's ``owner`` (the engine's index) keeps per-engine bytes and busy time.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class Transfer:
     started_s: float = 0.0
     done_s: float | None = None
     cancelled: bool = False
+    owner: int = 0  # the engine that submitted it (a shared IO's per-engine totals)
 
 
 @dataclass(slots=True)
@@ -46,6 +51,9 @@ class _Channel:
     transfers: list[Transfer] = field(default_factory=list)
     busy_s: float = 0.0
     moved_bytes: float = 0.0
+    #: per owner: bytes moved and seconds with at least one of its transfers moving (None: not kept)
+    owner_bytes: dict[int, float] | None = None
+    owner_busy_s: dict[int, float] | None = None
 
     def advance(self, now: float) -> None:
         """Move every transfer on the channel forward to ``now`` at its equal share of the bandwidth."""
@@ -57,6 +65,13 @@ class _Channel:
                 transfer.remaining -= share
             self.busy_s += now - self.last_s
             self.moved_bytes += share * len(self.transfers)
+            if self.owner_bytes is not None and self.owner_busy_s is not None:
+                owners = set()
+                for transfer in self.transfers:
+                    self.owner_bytes[transfer.owner] = self.owner_bytes.get(transfer.owner, 0.0) + share
+                    owners.add(transfer.owner)
+                for owner in owners:
+                    self.owner_busy_s[owner] = self.owner_busy_s.get(owner, 0.0) + now - self.last_s
         self.last_s = now
 
     def next_done_s(self) -> float | None:
@@ -67,30 +82,48 @@ class _Channel:
 
 
 class TransferIO:
-    """Every storage channel of one engine and the transfers in flight on them."""
+    """Every storage channel of one engine (or, shared, of a fleet) and the transfers in flight on them.
 
-    def __init__(self) -> None:
+    Args:
+        track_owners: keep bytes and busy time per transfer owner (a shared IO's per-engine totals).
+    """
+
+    def __init__(self, *, track_owners: bool = False) -> None:
         self._channels: dict[tuple[str, str], _Channel] = {}
         self._joining: list[tuple[float, int, Transfer]] = []  # (join time, seq, transfer)
         self._seq = 0
         self._now = 0.0
+        self.track_owners = track_owners
+        #: called after a transfer is cancelled: the others on its channel now move faster, so engines
+        #: waiting on them may have to wake earlier than they planned (set by a shared group)
+        self.on_cancel: Callable[[], None] | None = None
 
     def channel(self, tier: StorageTier, direction: str) -> tuple[str, str]:
         """The channel of ``tier`` in ``direction`` (``read`` or ``write``), created on first use."""
         key = (tier.name, direction)
         if key not in self._channels:
             bandwidth = tier.read_bandwidth if direction == "read" else tier.write_bandwidth
-            self._channels[key] = _Channel(bandwidth, self._now)
+            channel = _Channel(bandwidth, self._now)
+            if self.track_owners:
+                channel.owner_bytes, channel.owner_busy_s = {}, {}
+            self._channels[key] = channel
         return key
 
     def submit(
-        self, tier: StorageTier, direction: str, nbytes: float, now: float, on_done: Callable[[float], None]
+        self,
+        tier: StorageTier,
+        direction: str,
+        nbytes: float,
+        now: float,
+        on_done: Callable[[float], None],
+        owner: int = 0,
     ) -> Transfer:
-        """Start a transfer of ``nbytes`` at ``now``: it joins the channel after the tier's latency."""
+        """Start a transfer of ``nbytes`` at ``now`` for ``owner``: it joins the channel after the tier's
+        latency."""
         key = self.channel(tier, direction)
         latency = tier.read_latency_s if direction == "read" else tier.write_latency_s
         self._seq += 1
-        transfer = Transfer(key, float(nbytes), on_done, float(nbytes), self._seq, now)
+        transfer = Transfer(key, float(nbytes), on_done, float(nbytes), self._seq, now, owner=owner)
         heapq.heappush(self._joining, (now + latency, self._seq, transfer))
         return transfer
 
@@ -103,6 +136,8 @@ class TransferIO:
         if transfer in channel.transfers:
             channel.advance(self._now)
             channel.transfers.remove(transfer)
+        if self.on_cancel is not None:
+            self.on_cancel()
 
     def next_event_s(self) -> float | None:
         """When the next transfer joins a channel or finishes (None when nothing is in flight)."""
@@ -164,13 +199,23 @@ class TransferIO:
         finished.sort(key=lambda x: x.seq)
         return t, finished
 
-    def busy_seconds(self, direction: str) -> float:
-        """Seconds during which some transfer moved bytes in ``direction``, summed over tiers."""
-        return sum(c.busy_s for (_, d), c in self._channels.items() if d == direction)
+    def busy_seconds(self, direction: str, owner: int | None = None) -> float:
+        """Seconds during which some transfer (of ``owner``, when given: needs ``track_owners``) moved
+        bytes in ``direction``, summed over tiers."""
+        if owner is None:
+            return sum(c.busy_s for (_, d), c in self._channels.items() if d == direction)
+        return sum(
+            (c.owner_busy_s or {}).get(owner, 0.0) for (_, d), c in self._channels.items() if d == direction
+        )
 
-    def moved_bytes(self, direction: str) -> float:
-        """Bytes moved in ``direction`` (finished and cancelled transfers' progress included)."""
-        return sum(c.moved_bytes for (_, d), c in self._channels.items() if d == direction)
+    def moved_bytes(self, direction: str, owner: int | None = None) -> float:
+        """Bytes moved in ``direction`` (finished and cancelled transfers' progress included), by
+        ``owner`` when given (needs ``track_owners``)."""
+        if owner is None:
+            return sum(c.moved_bytes for (_, d), c in self._channels.items() if d == direction)
+        return sum(
+            (c.owner_bytes or {}).get(owner, 0.0) for (_, d), c in self._channels.items() if d == direction
+        )
 
 
 __all__ = ["Transfer", "TransferIO"]
