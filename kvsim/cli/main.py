@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "calibrate": ("kvsim.cli.calibrate", "measure a GPU into calibration tables and install it as a profile"),
     "serve": ("kvsim.cli.serve", "run the KVCM-compatible cache service (gRPC + HTTP)"),
     "compare": ("kvsim.cli.compare", "compare a simulated run with a real sglang.bench_serving result"),
+    "sweep": ("kvsim.cli.sweep", "capacity-planning sweeps: grids, SLO goodput, cost Pareto fronts"),
 }
 
 
