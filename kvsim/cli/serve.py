@@ -30,6 +30,11 @@ _FLAG_FIELDS = (
     "storage_backend",
     "startup_config",
     "seed",
+    "distributed_lock_uri",
+    "node_id",
+    "admin_token",
+    "tls_cert",
+    "tls_key",
 )
 
 
@@ -66,6 +71,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, help="seed of session and location ids (default: random)")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARN or ERROR (or the reference's 0-5)")
+    parser.add_argument(
+        "--distributed-lock-uri",
+        help="leader-election lock: memory:// (one node), file:///dir, redis://[auth@]host:port "
+        "(default: the Redis meta store, else memory://)",
+    )
+    parser.add_argument("--node-id", help="this node's id in leader election (default: the host name)")
+    parser.add_argument(
+        "--admin-token",
+        help="bearer token required on the admin and debug services (prefer KVSIM_ADMIN_TOKEN: flags are "
+        "visible to every user of the host in the process list)",
+    )
+    parser.add_argument("--tls-cert", help="PEM certificate chain: serve gRPC and HTTP over TLS")
+    parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the configuration (settings, store, lock, startup config) and exit without serving",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,6 +106,13 @@ def run(args: argparse.Namespace) -> int:
     file_values = read_config_file(args.config) if args.config is not None else {}
     settings = resolve_settings(file_values, env_settings(known_keys()), flags)
     logging.getLogger("kvsim").setLevel(settings.log_level)
+    if args.check:
+        from kvsim.serve.upkeep import check_configuration
+
+        for line in check_configuration(settings):
+            print(line)
+        print("configuration OK")
+        return 0
 
     from kvsim.serve.server import serve
 

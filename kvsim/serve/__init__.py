@@ -11,6 +11,9 @@ nor aiohttp unless it uses them):
   place that maps ``CacheError`` to ``header.status``;
 * :mod:`~kvsim.serve.grpc_server`, :mod:`~kvsim.serve.http_server` — the transports;
   :mod:`~kvsim.serve.server` — listeners, the periodic poll, shutdown and the ``kvsim serve`` main;
+* :mod:`~kvsim.serve.auth`, :mod:`~kvsim.serve.tls`, :mod:`~kvsim.serve.limits` — the admin token, TLS and
+  request limits; :mod:`~kvsim.serve.prometheus` — GetMetrics' samples and ``GET /metrics``;
+  :mod:`~kvsim.serve.jsonprint` — the fast JSON print of HTTP responses;
 * :mod:`~kvsim.serve.config`, :mod:`~kvsim.serve.startup` — settings precedence and the startup config;
 * :mod:`~kvsim.serve.client` — ``CacheClient``, the one client of the service, with ``CacheManager``'s API.
 

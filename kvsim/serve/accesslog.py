@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 from pathlib import Path
 
 from kvsim.core import Clock
@@ -22,16 +23,21 @@ class AccessLog:
     Args:
         path: the log file, appended to; its folder must exist.
         clock: stamps each line.
+        max_bytes: rotate the file when a line would take it past this size (0: never).
+        backups: rotated files kept (``access.log.1`` is the newest).
     """
 
-    def __init__(self, path: Path | None, clock: Clock) -> None:
+    def __init__(self, path: Path | None, clock: Clock, *, max_bytes: int = 0, backups: int = 1) -> None:
         self._clock = clock
         self._logger = logging.getLogger(f"{ACCESS_LOGGER}.{id(self)}")
         self._logger.propagate = False  # access lines go to their file only, not to stderr
         self._logger.setLevel(logging.INFO)
         self._handler: logging.Handler | None = None
         if path is not None:
-            self._handler = logging.FileHandler(path, encoding="utf-8")
+            # A server runs for months: the file rotates by size instead of growing without bound.
+            self._handler = logging.handlers.RotatingFileHandler(
+                path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
+            )
             self._handler.setFormatter(logging.Formatter("%(message)s"))
             self._logger.addHandler(self._handler)
 

@@ -7,7 +7,7 @@ form, ``KVCM_SERVICE_RPC_PORT``) and, for the common ones, a command-line flag. 
 is the entry point's job (``kvsim.cli.serve`` via :mod:`kvsim.core.env`); this module only merges the
 layers it is given, so it is deterministic and easy to test.
 
-Keys of the reference that kvsim does not use yet (registry and lock URIs, metrics reporters, thread
+Keys of the reference that kvsim does not use yet (the registry URI, metrics reporters, thread
 counts) are accepted with a warning; unknown keys are warned about and ignored, as the reference does.
 """
 
@@ -49,6 +49,21 @@ class ServeSettings:
     poll_interval_s: float = 0.5
     max_body_bytes: int = 64 << 20
     shutdown_grace_s: float = 10.0
+    # Leader election and upkeep (serve II).
+    distributed_lock_uri: str = ""
+    lease_s: float = 10.0
+    loop_interval_s: float = 0.1
+    log_max_bytes: int = 64 << 20
+    log_backups: int = 5
+    event_log: bool = False
+    # Security and limits (serve III, kvsim.serve.auth / tls / limits). The token is kept out of repr so
+    # that logging the settings can never print it.
+    admin_token: str = dataclasses.field(default="", repr=False)
+    tls_cert: str = ""
+    tls_key: str = ""
+    max_keys_per_request: int = 1_000_000
+    max_concurrent_streams: int = 100
+    max_in_flight: int = 1024
 
     @property
     def debug_http_port(self) -> int:
@@ -119,6 +134,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"must be >= 0, got {text}")
+    return value
+
+
 def _backend(text: str) -> str:
     value = text.strip()
     if value not in ("real", "simulated"):
@@ -161,6 +183,28 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("kvsim.poll_interval_ms", "poll_interval_s", _positive_ms, "period of the cache's poll"),
     Setting("kvsim.max_body_bytes", "max_body_bytes", _positive_int, "largest request body or message"),
     Setting("kvsim.shutdown_grace_ms", "shutdown_grace_s", _positive_ms, "drain time after SIGTERM"),
+    Setting(
+        "kvcm.distributed_lock.uri",
+        "distributed_lock_uri",
+        str.strip,
+        "leader lock: memory:// (one node), file:///dir or redis://host:port (default: a Redis meta store)",
+    ),
+    Setting("kvcm.leader_elector.lease_ms", "lease_s", _positive_ms, "leader lease"),
+    Setting("kvcm.leader_elector.loop_interval_ms", "loop_interval_s", _positive_ms, "election loop period"),
+    Setting("kvsim.log_max_bytes", "log_max_bytes", _non_negative_int, "rotate access/event logs (0: never)"),
+    Setting("kvsim.log_backups", "log_backups", _positive_int, "rotated log files kept (>= 1)"),
+    Setting("kvsim.event_log", "event_log", _bool, "write the event log (event_publisher.log)"),
+    Setting("kvsim.admin_token", "admin_token", str.strip, "bearer token of the admin and debug services"),
+    Setting("kvsim.tls_cert", "tls_cert", str.strip, "PEM certificate chain: serve gRPC and HTTP over TLS"),
+    Setting("kvsim.tls_key", "tls_key", str.strip, "PEM private key of --tls-cert"),
+    Setting("kvsim.max_keys_per_request", "max_keys_per_request", _positive_int, "most items per list field"),
+    Setting(
+        "kvsim.max_concurrent_streams",
+        "max_concurrent_streams",
+        _positive_int,
+        "gRPC calls at once on one connection (HTTP/2 setting)",
+    ),
+    Setting("kvsim.max_in_flight", "max_in_flight", _positive_int, "requests handled at once per listener"),
 )
 SETTINGS_BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
 
@@ -168,9 +212,6 @@ SETTINGS_BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
 IGNORED_REFERENCE_KEYS = frozenset(
     {
         "kvcm.registry_storage.uri",
-        "kvcm.distributed_lock.uri",
-        "kvcm.leader_elector.lease_ms",
-        "kvcm.leader_elector.loop_interval_ms",
         "kvcm.service.io_thread_num",
         "kvcm.schedule_plan_executor_thread_count",
         "kvcm.metrics.reporter_type",
@@ -257,7 +298,8 @@ def check(settings: ServeSettings) -> None:
     """Refuse port layouts that cannot work.
 
     Raises:
-        ConfigError: two HTTP servers or a gRPC and an HTTP server on one non-zero port.
+        ConfigError: two HTTP servers or a gRPC and an HTTP server on one non-zero port; a TLS
+            certificate without its key or the reverse.
     """
     ports: dict[int, str] = {}
     named = [
@@ -276,3 +318,12 @@ def check(settings: ServeSettings) -> None:
             ports[port] = name
     if settings.enable_debug_service and settings.debug_http_port > 65535:
         raise ConfigError(f"http_port {settings.http_port}: the debug port http_port + 3000 is past 65535")
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together: give both files or neither")
+    if settings.loop_interval_s * 4 > settings.lease_s:
+        # The leader renews every loop interval and stops serving one interval before its lease ends, so
+        # a lease shorter than four intervals would not survive a single failed renewal.
+        raise ConfigError(
+            f"kvcm.leader_elector.loop_interval_ms {settings.loop_interval_s * 1000:g} must be at most a "
+            f"quarter of kvcm.leader_elector.lease_ms {settings.lease_s * 1000:g}"
+        )

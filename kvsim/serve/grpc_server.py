@@ -8,6 +8,9 @@ only bytes that are not a valid request message end the call with INVALID_ARGUME
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import grpc
 from google.protobuf.message import DecodeError
 
@@ -63,14 +66,30 @@ def _unary(service: KvcmService, route: Route, access: AccessLog):  # type: igno
     return grpc.unary_unary_rpc_method_handler(handle)
 
 
+def method_handlers(
+    service: KvcmService, kind: ServiceKind, access: AccessLog
+) -> dict[str, grpc.RpcMethodHandler]:
+    """Every RPC of service ``kind`` by method name, for ``server.add_registered_method_handlers`` under
+    :func:`~kvsim.serve.catalog.full_service_name` (registered methods are looked up by gRPC core, which
+    costs the server ~30 µs of CPU less per call than a Python generic handler)."""
+    return {name: _unary(service, route, access) for name, route in service.routes(kind).items()}
+
+
 def generic_handler(service: KvcmService, kind: ServiceKind, access: AccessLog) -> grpc.GenericRpcHandler:
     """A handler that serves every RPC of service ``kind`` under its reference service name."""
-    handlers = {name: _unary(service, route, access) for name, route in service.routes(kind).items()}
+    handlers = method_handlers(service, kind, access)
     return grpc.method_handlers_generic_handler(full_service_name(kind), handlers)
 
 
-def new_server(max_message_bytes: int) -> grpc.aio.Server:
-    """An insecure grpc.aio server with kvsim's message size limits.
+def new_server(
+    max_message_bytes: int,
+    *,
+    options: Sequence[tuple[str, Any]] = (),
+    maximum_concurrent_rpcs: int | None = None,
+) -> grpc.aio.Server:
+    """A grpc.aio server with kvsim's message size limits, extra channel ``options`` (the limits of
+    :mod:`kvsim.serve.limits`) and at most ``maximum_concurrent_rpcs`` calls in flight (more end with
+    RESOURCE_EXHAUSTED).
 
     ``grpc.so_reuseport`` is off so that a port already in use fails to bind instead of being shared.
     """
@@ -79,19 +98,27 @@ def new_server(max_message_bytes: int) -> grpc.aio.Server:
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 0),
-        ]
+            *options,
+        ],
+        maximum_concurrent_rpcs=maximum_concurrent_rpcs,
     )
 
 
-def bind(server: grpc.aio.Server, host: str, port: int) -> int:
-    """Listen on ``host:port`` (0 = any free port) and return the port bound.
+def bind(
+    server: grpc.aio.Server, host: str, port: int, credentials: grpc.ServerCredentials | None = None
+) -> int:
+    """Listen on ``host:port`` (0 = any free port), over TLS when ``credentials`` are given (see
+    :mod:`kvsim.serve.tls`), and return the port bound.
 
     Raises:
         OSError: the address cannot be bound.
     """
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        bound = server.add_insecure_port(address)
+        if credentials is not None:
+            bound = server.add_secure_port(address, credentials)
+        else:
+            bound = server.add_insecure_port(address)
     except RuntimeError as exc:  # newer grpcio raises instead of returning 0
         raise OSError(f"cannot listen on {address}: {exc}") from None
     if bound == 0:

@@ -33,6 +33,7 @@ from kvsim.cache import (
 from kvsim.cache.errors import invalid
 from kvsim.serve.catalog import SERVICE_KINDS, ServiceKind, rpcs
 from kvsim.serve.convert import fill_message, from_message
+from kvsim.serve.prometheus import collect
 from kvsim.serve.service import FAULTABLE_APIS, Fault, Handler, Route
 
 if TYPE_CHECKING:
@@ -232,8 +233,9 @@ _register("admin", "LoadConfigSnapshot", _load_snapshot, "Config snapshot loaded
 
 
 # ------------------------------------------------------------------------------------- admin: service state
-# These report on the service itself rather than the cache. A standalone node is always the leader;
-# leader election (and with it LeaderDemote) arrives with serve II.
+# These report on the service itself rather than the cache and are answered by every node. With an
+# elector (``kvsim serve``) they report the election (kvsim.serve.leader); a service without one (an
+# in-process server) is a standalone leader, and LeaderDemote is UNSUPPORTED there.
 
 _LEASE_US = 10_000_000  # the reference's default leader lease (kvcm.leader_elector.lease_ms = 10000)
 _LOG_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARN": logging.WARNING, "ERROR": logging.ERROR}
@@ -253,39 +255,34 @@ def _add_metric(response: Any, name: str, value: float, tags: Any, as_int: bool)
 
 def _get_metrics(svc: KvcmService, request: Any, response: Any) -> None:
     response.timestamp = int(svc.clock.now() * 1000)
-    # The cache measures its own operations (``service.query_counter`` etc. per api_name); the service
-    # adds the same names only for APIs the cache does not see (health, leader elector, logger, debug),
-    # or for every API when the cache keeps no metrics, so nothing is counted twice.
-    registry = svc.cache.metrics() if callable(getattr(svc.cache, "metrics", None)) else None
-    measured: set[str] = set()
-    for sample in registry.samples() if registry is not None else ():
+    # kvsim.serve.prometheus.collect is the one list of samples, so GET /metrics reports the same numbers:
+    # the cache's registry, the service's own ``service.*`` for APIs the cache does not see, store health.
+    for sample in collect(svc):
         _add_metric(response, sample.name, sample.value, sample.tags, sample.kind == "counter")
-        measured.update(v for k, v in sample.tags if k == "api_name")
-    for api, stats in sorted(svc.metrics.snapshot().items()):
-        if api in measured:
-            continue
-        tags = (("api_name", api),)
-        _add_metric(response, "service.query_counter", stats.calls, tags, True)
-        _add_metric(response, "service.error_counter", stats.errors, tags, True)
-        _add_metric(
-            response, "service.query_rt_us", stats.total_us / stats.calls if stats.calls else 0.0, tags, False
-        )
 
 
 def _check_health(svc: KvcmService, request: Any, response: Any) -> None:
+    if svc.elector is not None:
+        svc.elector.check_health(response)
+        return
     response.is_leader = True
     response.is_health = True
     response.elector_last_loop_time_ms = int(svc.clock.now() * 1000)
 
 
 def _cluster_info(svc: KvcmService, request: Any, response: Any) -> None:
+    if svc.elector is not None:
+        svc.elector.cluster_info(response)
+        return
     response.info_updated_time = 0
     response.self_leader_expiration_time = int(svc.clock.now() * 1e6) + _LEASE_US
     response.self_node_id = svc.node_id
     response.leader_node_id = svc.node_id
 
 
-def _leader_demote(svc: KvcmService, request: Any, response: Any) -> None:
+def _leader_demote(svc: KvcmService, request: Any, response: Any) -> str:
+    if svc.elector is not None:
+        return svc.elector.request_demotion()  # type: ignore[no-any-return]
     raise CacheError(
         ErrorCode.UNSUPPORTED, "leader election is off: this node runs standalone and stays leader"
     )

@@ -22,6 +22,7 @@ from google.protobuf import json_format
 from kvsim.serve.accesslog import AccessLog
 from kvsim.serve.catalog import ServiceKind
 from kvsim.serve.grpc_server import status_name
+from kvsim.serve.jsonprint import message_json
 from kvsim.serve.service import KvcmService
 
 JSON = "application/json"
@@ -29,13 +30,9 @@ _EMPTY = b"{}"
 
 
 def message_to_json(message: object) -> bytes:
-    """The reference's JSON print of a message: snake_case, defaults included, compact."""
-    data = json_format.MessageToDict(
-        message,  # type: ignore[arg-type]
-        preserving_proto_field_name=True,
-        always_print_fields_with_no_presence=True,
-    )
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """The reference's JSON print of a message: snake_case, defaults included, compact (long lists of
+    locations from memoised text, see :mod:`kvsim.serve.jsonprint`)."""
+    return message_json(message).encode("utf-8")  # type: ignore[arg-type]
 
 
 def build_app(

@@ -16,6 +16,11 @@ synchronous cache are serialized without locks. A background task calls the cach
 ``poll_interval_s`` (sooner when a write session is due), which expires write sessions and carries
 out deletions. :meth:`KvcmServer.stop` stops accepting on every listener, then lets in-flight requests
 finish within the grace period.
+
+Every listener applies the settings' security and limits: the admin token on the admin and debug
+services (:mod:`~kvsim.serve.auth`), TLS (:mod:`~kvsim.serve.tls`) and the request limits
+(:mod:`~kvsim.serve.limits`); the admin HTTP listener also serves ``GET /metrics``
+(:mod:`~kvsim.serve.prometheus`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import secrets
 import signal
 import socket
@@ -39,15 +45,22 @@ from aiohttp import web
 
 from kvsim.cache import CacheManager, CacheStore, backends
 from kvsim.cache.backends import BackendFactory
+from kvsim.cache.events import EventLog
 from kvsim.cache.store import StoreOpenError
 from kvsim.cache.store import open_store as open_cache_store
 from kvsim.core import Clock, ConfigError, UserInputError, WallClock, make_rng
 from kvsim.serve.accesslog import AccessLog
+from kvsim.serve.auth import TokenGuard, exposure_warnings, guard_grpc, secure_app
+from kvsim.serve.catalog import full_service_name
 from kvsim.serve.config import ServeSettings
-from kvsim.serve.grpc_server import bind, generic_handler, new_server
+from kvsim.serve.grpc_server import bind, method_handlers, new_server
 from kvsim.serve.http_server import build_app
+from kvsim.serve.limits import RequestLimits, grpc_server_options, limit_app
+from kvsim.serve.prometheus import add_metrics_route
 from kvsim.serve.service import KvcmService
 from kvsim.serve.startup import default_serve_startup, load_startup_config
+from kvsim.serve.tls import ServerTls, load_server_tls
+from kvsim.serve.upkeep import effective_lock_uri, poll_forever
 
 logger = logging.getLogger("kvsim.serve")
 
@@ -98,27 +111,43 @@ class KvcmServer:
         self._poller: asyncio.Task[None] | None = None
         self._background_poll = background_poll
         self.endpoints: Endpoints | None = None
+        # Security and limits (kvsim.serve.auth, tls, limits). Refusals are counted in the service's
+        # metrics so that GetMetrics and GET /metrics report them.
+        self.guard = TokenGuard(settings.admin_token, counts=service.metrics.refused)
+        self.tls: ServerTls | None = None
+        service.limits = RequestLimits(settings.max_keys_per_request)
 
     async def start(self) -> Endpoints:
         """Bind every listener and start the poll task.
 
         Raises:
             OSError: a port cannot be bound (nothing is left listening).
+            ConfigError: the TLS files cannot be used.
         """
         s = self.settings
         try:
-            meta_rpc = new_server(s.max_body_bytes)
+            self.tls = load_server_tls(s.tls_cert, s.tls_key)
+            for warning in exposure_warnings(s.host, self.guard.enabled, self.tls is not None):
+                logger.warning("%s", warning)
+            meta_rpc = self._new_grpc_server()
             self._grpc.append(meta_rpc)
-            meta_rpc.add_generic_rpc_handlers((generic_handler(self.service, "meta", self.access),))
-            admin_rpc = meta_rpc if s.shared_admin_rpc else new_server(s.max_body_bytes)
+            meta_rpc.add_registered_method_handlers(
+                full_service_name("meta"), method_handlers(self.service, "meta", self.access)
+            )
+            admin_rpc = meta_rpc if s.shared_admin_rpc else self._new_grpc_server()
             if admin_rpc is not meta_rpc:
                 self._grpc.append(admin_rpc)
             admin_kinds = ("admin", "debug") if s.enable_debug_service else ("admin",)
-            admin_rpc.add_generic_rpc_handlers(
-                tuple(generic_handler(self.service, kind, self.access) for kind in admin_kinds)  # type: ignore[arg-type]
+            for k in admin_kinds:
+                # With an admin token set, admin and debug calls without it are refused before decoding.
+                handlers = method_handlers(self.service, k, self.access)  # type: ignore[arg-type]
+                guarded = guard_grpc(handlers, k, self.guard, self.access)  # type: ignore[arg-type]
+                admin_rpc.add_registered_method_handlers(full_service_name(k), guarded)  # type: ignore[arg-type]
+            credentials = self.tls.grpc_credentials() if self.tls is not None else None
+            rpc_port = bind(meta_rpc, s.host, s.rpc_port, credentials)
+            admin_rpc_port = (
+                rpc_port if admin_rpc is meta_rpc else bind(admin_rpc, s.host, s.admin_rpc_port, credentials)
             )
-            rpc_port = bind(meta_rpc, s.host, s.rpc_port)
-            admin_rpc_port = rpc_port if admin_rpc is meta_rpc else bind(admin_rpc, s.host, s.admin_rpc_port)
             for server in self._grpc:
                 await server.start()
             http_port = await self._serve_http("meta", s.http_port)
@@ -134,31 +163,33 @@ class KvcmServer:
             self._poller = asyncio.create_task(self._poll_loop(), name="kvsim-serve-poll")
         return self.endpoints
 
+    def _new_grpc_server(self) -> grpc.aio.Server:
+        s = self.settings
+        return new_server(
+            s.max_body_bytes,
+            options=grpc_server_options(s.max_concurrent_streams),
+            maximum_concurrent_rpcs=s.max_in_flight,
+        )
+
     async def _serve_http(self, kind: str, port: int) -> int:
         app = build_app(self.service, kind, self.access, self.settings.max_body_bytes)  # type: ignore[arg-type]
+        if kind == "admin":
+            add_metrics_route(app, self.service)  # Prometheus text, behind the admin token like the rest
+        secure_app(app, kind, self.guard, self.access)  # type: ignore[arg-type]
+        limit_app(app, self.settings.max_in_flight)  # outermost: a refusal over the limit costs nothing
         # access_log=None: kvsim writes its own JSON access lines; aiohttp's would duplicate them.
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.settings.shutdown_grace_s)
         await runner.setup()
         self._runners.append(runner)
-        site = web.TCPSite(runner, self.settings.host, port, reuse_port=False)
+        ssl_context = self.tls.ssl_context() if self.tls is not None else None
+        site = web.TCPSite(runner, self.settings.host, port, reuse_port=False, ssl_context=ssl_context)
         await site.start()
         return int(runner.addresses[-1][1])
 
     async def _poll_loop(self) -> None:
-        interval = self.settings.poll_interval_s
-        while True:
-            deadline = (
-                self.service.cache.next_deadline() if hasattr(self.service.cache, "next_deadline") else None
-            )
-            delay = interval
-            if deadline is not None:
-                # Wake just after the earliest session deadline (deadlines are inclusive) if that is sooner.
-                delay = min(interval, max(0.01, deadline - self.service.clock.now() + 0.01))
-            await asyncio.sleep(delay)
-            try:
-                self.service.poll()
-            except Exception:  # a failing poll is retried next period; the server keeps serving
-                logger.exception("cache poll failed")
+        # The one background task of the cache (kvsim.serve.upkeep): session expiry, reclaim, deletions,
+        # lazy access statistics and event flushes; it skips while this node is a follower.
+        await poll_forever(self.service, self.settings.poll_interval_s)
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop accepting everywhere, let in-flight requests finish within ``grace_s`` (the settings'
@@ -223,16 +254,28 @@ def build_cache(
     clock: Clock,
     store: CacheStore | None = None,
     backend_factory: BackendFactory | None = None,
+    events: EventLog | None = None,
 ) -> CacheManager:
-    """The cache manager of a server: its store, ids seeded from ``settings.seed`` (random when None) and
-    the startup config applied (a store that already holds it is left as it is)."""
+    """The cache manager of a server: its store, ids seeded from ``settings.seed`` (random when None),
+    its event log (none when None) and the startup config applied (a store that already holds it is left
+    as it is)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if store is None:
         store = open_store(settings.meta_store, settings.data_dir)
     if backend_factory is None:
         backend_factory = open_backends(settings.storage_backend)
     seed = settings.seed if settings.seed is not None else secrets.randbits(63)
-    cache = CacheManager(clock, make_rng(seed), store=store, backend_factory=backend_factory)
+    cache = CacheManager(
+        clock,
+        make_rng(seed),
+        store=store,
+        backend_factory=backend_factory,
+        events=events,
+        max_keys_per_request=settings.max_keys_per_request,
+        # Password salts from the OS, never from the id generator: --seed makes ids reproducible, and
+        # reproducible salts would let one precomputed table crack every stored hash.
+        salt_source=os.urandom,
+    )
     for name, error in cache.backend_open_errors.items():
         logger.warning("storage %s could not be reopened and is unavailable: %s", name, error)
     if settings.startup_config:
@@ -244,16 +287,37 @@ def build_cache(
 
 
 def node_id(settings: ServeSettings) -> str:
-    """``kvcm.leader_elector.node_id``, else the host name."""
-    return settings.node_id or socket.gethostname()
+    """``kvcm.leader_elector.node_id``; else the host name, plus a random suffix when the lock is shared
+    (nodes on one host must not report the same id, as the reference's random default ensures)."""
+    if settings.node_id:
+        return settings.node_id
+    if effective_lock_uri(settings) == "memory://":
+        return socket.gethostname()
+    return f"{socket.gethostname()}_{secrets.token_hex(4)}"
 
 
 async def serve(settings: ServeSettings, *, on_ready: Callable[[Endpoints], None] | None = None) -> int:
-    """``kvsim serve``: build the cache, listen, serve until SIGTERM or SIGINT, drain, close; returns 0."""
+    """``kvsim serve``: open the store, listen, join the leader election (one node with no shared lock is
+    always the leader), serve until SIGTERM or SIGINT, drain, step down, close; returns 0.
+
+    Shutdown order: stop accepting, let in-flight requests finish (the grace period), close the cache
+    (flushing statistics and events) while still holding the leader lock, then release the lock so a
+    follower takes over at once instead of after the lease.
+    """
+    from kvsim.serve.leader import make_elector
+    from kvsim.serve.locks import redact
+
     clock = WallClock()
-    cache = build_cache(settings, clock=clock)
-    access = AccessLog(settings.data_dir / ACCESS_LOG_FILE, clock)
-    service = KvcmService(cache, clock=clock, node_id=node_id(settings))
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    service = KvcmService(None, clock=clock, node_id=node_id(settings))
+    elector = make_elector(settings, service)  # opens the store once: a bad store stops the start here
+    service.elector = elector
+    access = AccessLog(
+        settings.data_dir / ACCESS_LOG_FILE,
+        clock,
+        max_bytes=settings.log_max_bytes,
+        backups=settings.log_backups,
+    )
     server = KvcmServer(service, settings, access_log=access)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -264,9 +328,13 @@ async def serve(settings: ServeSettings, *, on_ready: Callable[[Endpoints], None
             endpoints = await server.start()
         except OSError as exc:
             raise UserInputError(f"cannot listen: {exc}") from None
+        # The first election round settles before ports.json appears: a single node is already serving
+        # as leader then, and a follower knows who leads.
+        await elector.start()
         (settings.data_dir / PORTS_FILE).write_text(json.dumps(endpoints.as_dict()) + "\n", encoding="utf-8")
         logger.info(
-            "kvsim serve on %s: meta gRPC %d HTTP %d, admin gRPC %d HTTP %d%s; data in %s (meta store: %s)",
+            "kvsim serve on %s: meta gRPC %d HTTP %d, admin gRPC %d HTTP %d%s; data in %s (meta store: %s); "
+            "node %s is %s",
             endpoints.host,
             endpoints.rpc_port,
             endpoints.http_port,
@@ -274,7 +342,9 @@ async def serve(settings: ServeSettings, *, on_ready: Callable[[Endpoints], None
             endpoints.admin_http_port,
             f", debug HTTP {endpoints.debug_http_port}" if endpoints.debug_http_port else "",
             settings.data_dir,
-            settings.meta_store,
+            redact(settings.meta_store),
+            elector.node_id,
+            elector.role.value,
         )
         if on_ready is not None:
             on_ready(endpoints)
@@ -283,12 +353,14 @@ async def serve(settings: ServeSettings, *, on_ready: Callable[[Endpoints], None
             "stopping: no new requests; draining in-flight ones (up to %.1f s)", settings.shutdown_grace_s
         )
         await server.stop()
+        await elector.stop()
         logger.info("stopped")
         return 0
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        cache.close()
+        await server.stop(grace_s=0)  # no-op after a clean stop; closes listeners after a failed start
+        await elector.stop()  # idempotent: closes the cache and releases the lock if still held
         access.close()
 
 

@@ -31,6 +31,9 @@ from google.protobuf.message import Message
 from kvsim.cache import CacheError, ErrorCode, PollResult
 from kvsim.core import Clock, PerfTimer, Timer
 from kvsim.serve.catalog import RpcInfo, ServiceKind
+from kvsim.serve.leader import NOT_LEADER_MESSAGE, leader_only
+from kvsim.serve.limits import DEFAULT_MAX_ITEMS, RequestLimits
+from kvsim.serve.prometheus import LatencyHistogram
 
 logger = logging.getLogger("kvsim.serve")
 
@@ -128,10 +131,13 @@ class ApiStats:
 class ServiceMetrics:
     """Per-API query counters and latencies (an API offered by two services counts once), reported by
     GetMetrics as ``service.query_counter`` (int), ``service.error_counter`` (int) and
-    ``service.query_rt_us`` (float, mean µs)."""
+    ``service.query_rt_us`` (float, mean µs); per-API latency histograms for ``GET /metrics``; and the
+    requests refused for a missing or wrong admin token, by service kind (see :mod:`kvsim.serve.auth`)."""
 
     def __init__(self) -> None:
         self._stats: dict[str, ApiStats] = {}
+        self.histograms: dict[str, LatencyHistogram] = {}
+        self.refused: dict[str, int] = {}
 
     def record(self, api: str, ok: bool, seconds: float) -> None:
         """Count one call."""
@@ -139,6 +145,10 @@ class ServiceMetrics:
         stats.calls += 1
         stats.errors += not ok
         stats.total_us += seconds * 1e6
+        histogram = self.histograms.get(api)
+        if histogram is None:
+            histogram = self.histograms[api] = LatencyHistogram()
+        histogram.observe(seconds)
 
     def snapshot(self) -> dict[str, ApiStats]:
         """A copy of every API's statistics keyed by api name."""
@@ -181,6 +191,11 @@ class KvcmService:
         self.metrics = ServiceMetrics()
         #: The leader elector's campaign delay (Get/UpdateLeaderElectorConfig); in memory, as the reference.
         self.campaign_delay_ms = 0
+        #: The :class:`~kvsim.serve.leader.LeaderElector` of ``kvsim serve``. None: a standalone leader that
+        #: always serves (in-process servers and tests). With an elector, ``cache`` is None on a follower.
+        self.elector: Any = None
+        #: The per-request list limit (``kvsim.max_keys_per_request``), checked before every handler.
+        self.limits = RequestLimits(DEFAULT_MAX_ITEMS)
         self._routes = routes()
 
     def route(self, kind: ServiceKind, name: str) -> Route:
@@ -198,6 +213,11 @@ class KvcmService:
         trace_id = getattr(request, "trace_id", "")
         started = self.timer.monotonic()
         try:
+            # Leader gating (study §1.3): a follower, or a leader whose lease may have lapsed, refuses
+            # leader-only RPCs before they reach the cache.
+            if self.elector is not None and leader_only(info.kind, info.name) and not self.elector.serving():
+                raise CacheError(ErrorCode.SERVER_NOT_LEADER, NOT_LEADER_MESSAGE)
+            self.limits.check(request)
             if route.faultable:
                 self.faults.check(info.name, trace_id)
             override = route.handler(self, request, response)

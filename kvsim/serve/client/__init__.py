@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
@@ -55,10 +56,23 @@ from kvsim.cache import (
     TrimCacheResult,
 )
 from kvsim.serve.catalog import ServiceKind, rpc
-from kvsim.serve.client.transport import GrpcTransport, HttpTransport, ServiceUnavailable, Transport
+from kvsim.serve.client.transport import (
+    GrpcTransport,
+    HttpTransport,
+    ServiceUnavailable,
+    Transport,
+    Unauthenticated,
+)
 from kvsim.serve.convert import fill_message, from_message
 
-__all__ = ["CacheClient", "GrpcTransport", "HttpTransport", "ServiceUnavailable", "Transport"]
+__all__ = [
+    "CacheClient",
+    "GrpcTransport",
+    "HttpTransport",
+    "ServiceUnavailable",
+    "Transport",
+    "Unauthenticated",
+]
 
 R = TypeVar("R")
 _DEBUG_HTTP_OFFSET = 3000
@@ -91,9 +105,16 @@ class CacheClient:
         *,
         timeout_s: float = 10.0,
         retries: int = 3,
+        admin_token: str = "",
+        tls: bool = False,
+        root_certificates: bytes | str | Path | None = None,
     ) -> CacheClient:
         """A gRPC client. ``admin_rpc_port`` None or 0 means the admin and debug services share the
-        meta server's port (the reference's layout when the ports are equal)."""
+        meta server's port (the reference's layout when the ports are equal).
+
+        ``admin_token`` goes to the admin and debug services (``authorization: Bearer``). ``tls`` (or a
+        ``root_certificates`` PEM, bytes or file, to trust instead of gRPC's default roots) connects
+        over TLS."""
         address = f"[{host}]" if ":" in host else host
         admin = admin_rpc_port or rpc_port
         targets: dict[ServiceKind, str] = {
@@ -101,7 +122,20 @@ class CacheClient:
             "admin": f"{address}:{admin}",
             "debug": f"{address}:{admin}",
         }
-        return cls(GrpcTransport(targets, timeout_s=timeout_s, retries=retries))
+        credentials = None
+        if tls or root_certificates is not None:
+            from kvsim.serve.tls import grpc_channel_credentials
+
+            credentials = grpc_channel_credentials(root_certificates)
+        return cls(
+            GrpcTransport(
+                targets,
+                timeout_s=timeout_s,
+                retries=retries,
+                channel_credentials=credentials,
+                admin_token=admin_token,
+            )
+        )
 
     @classmethod
     def http(
@@ -113,15 +147,30 @@ class CacheClient:
         *,
         timeout_s: float = 10.0,
         retries: int = 3,
+        admin_token: str = "",
+        tls: bool = False,
+        root_certificates: bytes | str | Path | None = None,
     ) -> CacheClient:
-        """An HTTP client; the debug service is at ``http_port + 3000`` unless given."""
+        """An HTTP client; the debug service is at ``http_port + 3000`` unless given.
+
+        ``admin_token`` goes to the admin and debug services (``Authorization: Bearer``). ``tls`` (or a
+        ``root_certificates`` PEM, bytes or file, to trust instead of the system's roots) uses HTTPS."""
         targets: dict[ServiceKind, tuple[str, int]] = {
             "meta": (host, http_port),
             "debug": (host, debug_http_port or http_port + _DEBUG_HTTP_OFFSET),
         }
         if admin_http_port:
             targets["admin"] = (host, admin_http_port)
-        return cls(HttpTransport(targets, timeout_s=timeout_s, retries=retries))
+        context = None
+        if tls or root_certificates is not None:
+            from kvsim.serve.tls import client_ssl_context
+
+            context = client_ssl_context(root_certificates)
+        return cls(
+            HttpTransport(
+                targets, timeout_s=timeout_s, retries=retries, ssl_context=context, admin_token=admin_token
+            )
+        )
 
     def close(self) -> None:
         """Close the transport's connections."""

@@ -38,6 +38,22 @@ class ServiceUnavailable(CacheError):
         return (ServiceUnavailable, (self.message,))
 
 
+class Unauthenticated(CacheError):
+    """The admin or debug service refused the call: the admin token is missing or wrong (HTTP 401,
+    gRPC UNAUTHENTICATED). ``code`` is INVALID_ARGUMENT; retrying cannot help."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.INVALID_ARGUMENT, message)
+
+    def __reduce__(self) -> tuple[type[Unauthenticated], tuple[str]]:  # type: ignore[override]
+        return (Unauthenticated, (self.message,))
+
+
+def _auth_metadata(admin_token: str) -> tuple[tuple[str, str], ...]:
+    """The ``authorization`` entry the admin and debug services require when a token is set."""
+    return (("authorization", f"Bearer {admin_token}"),) if admin_token else ()
+
+
 class _Retry(Exception):
     """Internal: this attempt failed in a way that may be retried (``always`` when it never reached the
     server)."""
@@ -101,10 +117,22 @@ class Transport(ABC):
 
 
 class GrpcTransport(Transport):
-    """gRPC over insecure channels; ``targets`` maps a service kind to ``host:port``."""
+    """gRPC; ``targets`` maps a service kind to ``host:port``.
+
+    Args:
+        channel_credentials: ``grpc.ChannelCredentials`` for TLS (see :mod:`kvsim.serve.tls`); insecure
+            channels when None.
+        admin_token: sent as ``authorization: Bearer <token>`` metadata to the admin and debug services.
+    """
 
     def __init__(
-        self, targets: dict[ServiceKind, str], *, max_message_bytes: int = 64 << 20, **kwargs: Any
+        self,
+        targets: dict[ServiceKind, str],
+        *,
+        max_message_bytes: int = 64 << 20,
+        channel_credentials: Any = None,
+        admin_token: str = "",
+        **kwargs: Any,
     ) -> None:
         import grpc  # imported here so that the HTTP client works without grpcio
 
@@ -114,9 +142,18 @@ class GrpcTransport(Transport):
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ]
-        self._channels = {
-            kind: grpc.insecure_channel(target, options=options) for kind, target in targets.items()
-        }
+        if channel_credentials is not None:
+            self._channels = {
+                kind: grpc.secure_channel(target, channel_credentials, options=options)
+                for kind, target in targets.items()
+            }
+        else:
+            self._channels = {
+                kind: grpc.insecure_channel(target, options=options) for kind, target in targets.items()
+            }
+        auth = _auth_metadata(admin_token)
+        # The meta service never sees the token: it is not guarded, and needs no secret to pass on.
+        self._metadata: dict[str, Any] = {"admin": auth or None, "debug": auth or None}
         self._calls: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -138,15 +175,22 @@ class GrpcTransport(Transport):
     def _attempt(self, info: RpcInfo, request: Message) -> Message:
         grpc = self._grpc
         try:
-            return self._callable(info)(request, timeout=self.timeout_s)  # type: ignore[no-any-return]
+            call = self._callable(info)
+            return call(request, timeout=self.timeout_s, metadata=self._metadata.get(info.kind))  # type: ignore[no-any-return]
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else None
             if code == grpc.StatusCode.UNAVAILABLE:
                 raise _Retry(f"gRPC UNAVAILABLE: {exc.details()}", always=True) from None
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise _Retry(f"gRPC deadline of {self.timeout_s} s exceeded", always=False) from None
+            if code == grpc.StatusCode.CANCELLED:
+                # A server shutting down cancels the calls it had received but not yet handed to a
+                # handler (grpc/grpc#41785): the server went away, like a dropped connection.
+                raise _Retry(f"gRPC CANCELLED: {exc.details()}", always=False) from None
             if code == grpc.StatusCode.UNIMPLEMENTED:
                 raise CacheError(ErrorCode.UNSUPPORTED, f"{info.grpc_path}: not served here") from None
+            if code == grpc.StatusCode.UNAUTHENTICATED:
+                raise Unauthenticated(f"{info.kind}.{info.name}: {exc.details()}") from None
             if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 raise CacheError(ErrorCode.INVALID_ARGUMENT, f"{info.name}: message too large") from None
             raise CacheError(ErrorCode.INTERNAL_ERROR, f"{info.name}: gRPC {code}: {exc.details()}") from None
@@ -158,12 +202,32 @@ class GrpcTransport(Transport):
 
 
 class HttpTransport(Transport):
-    """HTTP/1.1 JSON; ``targets`` maps a service kind to ``(host, port)``."""
+    """HTTP/1.1 JSON; ``targets`` maps a service kind to ``(host, port)``.
 
-    def __init__(self, targets: dict[ServiceKind, tuple[str, int]], **kwargs: Any) -> None:
+    Args:
+        ssl_context: an ``ssl.SSLContext`` for HTTPS (see :func:`kvsim.serve.tls.client_ssl_context`);
+            plain HTTP when None.
+        admin_token: sent as ``Authorization: Bearer <token>`` to the admin and debug services.
+    """
+
+    def __init__(
+        self,
+        targets: dict[ServiceKind, tuple[str, int]],
+        *,
+        ssl_context: Any = None,
+        admin_token: str = "",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self._targets = targets
+        self._ssl_context = ssl_context
         self._local = threading.local()
+        self._headers: dict[str, dict[str, str]] = {}
+        for kind in ("meta", "admin", "debug"):
+            headers = {"Content-Type": "application/json"}
+            if admin_token and kind != "meta":  # only the guarded services get the secret
+                headers["Authorization"] = f"Bearer {admin_token}"
+            self._headers[kind] = headers
 
     def _connection(self, kind: ServiceKind) -> http.client.HTTPConnection:
         pool: dict[ServiceKind, http.client.HTTPConnection] = self._local.__dict__.setdefault("pool", {})
@@ -172,7 +236,13 @@ class HttpTransport(Transport):
             target = self._targets.get(kind)
             if target is None:
                 raise CacheError(ErrorCode.UNSUPPORTED, f"no {kind} service address configured")
-            conn = pool[kind] = http.client.HTTPConnection(target[0], target[1], timeout=self.timeout_s)
+            if self._ssl_context is not None:
+                conn = http.client.HTTPSConnection(
+                    target[0], target[1], timeout=self.timeout_s, context=self._ssl_context
+                )
+            else:
+                conn = http.client.HTTPConnection(target[0], target[1], timeout=self.timeout_s)
+            pool[kind] = conn
         return conn
 
     def _drop(self, kind: ServiceKind) -> None:
@@ -188,9 +258,7 @@ class HttpTransport(Transport):
         reused = conn.sock is not None  # a kept-alive connection the server may have closed while idle
         sent = False
         try:
-            conn.request(
-                "POST", f"/api/{info.http_name}", body=body, headers={"Content-Type": "application/json"}
-            )
+            conn.request("POST", f"/api/{info.http_name}", body=body, headers=self._headers[info.kind])
             sent = True
             reply = conn.getresponse()
             data = reply.read()
@@ -206,6 +274,8 @@ class HttpTransport(Transport):
             response = info.response_type()
             json_format.Parse(data, response, ignore_unknown_fields=True)
             return response
+        if reply.status == 401:
+            raise Unauthenticated(f"{info.kind}.{info.name}: admin token missing or wrong (HTTP 401)")
         if reply.status == 413:
             raise CacheError(ErrorCode.INVALID_ARGUMENT, f"{info.name}: request body too large (HTTP 413)")
         if reply.status in (404, 405):
