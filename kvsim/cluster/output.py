@@ -8,8 +8,6 @@ shows each instance's queue over time, its busy share and its prefix-cache hit r
 
 from __future__ import annotations
 
-import json
-import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,10 +16,9 @@ import numpy as np
 import yaml
 from matplotlib.figure import Figure
 
-from kvsim import __version__
 from kvsim.cache.events import JsonlFileSink
 from kvsim.cluster.fleet import ClusterResult, parse_cluster_section, run_cluster
-from kvsim.engines.experiment import KVCM_EVENTS_FILE
+from kvsim.engines.experiment import KVCM_EVENTS_FILE, staged_run_dir
 from kvsim.metrics import ITERATIONS_FILE, REQUESTS_FILE, IterationLogWriter, format_report, write_metrics
 from kvsim.metrics.plots import LATENCY_CDF_PNG, THROUGHPUT_PNG, plot_latency_cdf, plot_throughput
 from kvsim.metrics.writers import write_requests
@@ -94,13 +91,7 @@ def write_cluster_run(
 ) -> tuple[ClusterResult, Path]:
     """Run the fleet and write its run directory; nothing is left behind if the run fails (staged as
     :func:`kvsim.engines.experiment.write_run` stages a single engine's)."""
-    target = Path(output_dir)
-    staging = target.with_name(f".{target.name}.partial")
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    started = wall_clock() if wall_clock else 0.0
-    try:
+    with staged_run_dir(output_dir, wall_clock) as (staging, info):
         server = config.get("server") or {}
         one = parse_cluster_section(config.get("cluster")).instances == 1
         # KVCM's event log is kept for a one-instance fleet only (see kvsim.cluster.fleet).
@@ -124,19 +115,8 @@ def write_cluster_run(
             plot_latency_cdf(result.records, staging / LATENCY_CDF_PNG)
             plot_throughput(result.records, staging / THROUGHPUT_PNG)
             plot_instances(result, staging / CLUSTER_PNG)
-        run_info = {
-            "kvsim_version": __version__,
-            "wall_time_s": round((wall_clock() - started), 3) if wall_clock else None,
-            "simulated_duration_s": result.metrics.get("duration"),
-        }
-        (staging / "run.json").write_text(json.dumps(run_info, indent=2) + "\n", encoding="utf-8")
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if target.exists():
-        shutil.rmtree(target)
-    staging.rename(target)
-    return result, target
+        info["simulated_duration_s"] = result.metrics.get("duration")
+    return result, Path(output_dir)
 
 
 def cluster_report(result: ClusterResult) -> str:

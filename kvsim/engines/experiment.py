@@ -18,7 +18,8 @@ import copy
 import json
 import math
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -429,6 +430,40 @@ def hicache_metrics(records: list[RequestRecord], pool: HiCacheKVPool) -> dict[s
     }
 
 
+@contextmanager
+def staged_run_dir(
+    output_dir: str | Path, wall_clock: Callable[[], float] | None = None
+) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Stage a run directory: outputs go to a sibling temporary folder that replaces ``output_dir`` only
+    when the body finishes, so a directory with a ``run.json`` is always a finished run and a failed run
+    leaves nothing behind.
+
+    Yields the staging folder and a dict the body fills with ``simulated_duration_s``; ``run.json`` (kvsim
+    version, wall time, simulated duration) is written on success.
+    """
+    target = Path(output_dir)
+    staging = target.with_name(f".{target.name}.partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    started = wall_clock() if wall_clock else 0.0
+    info: dict[str, Any] = {"simulated_duration_s": None}
+    try:
+        yield staging, info
+        run_info = {
+            "kvsim_version": __version__,
+            "wall_time_s": round((wall_clock() - started), 3) if wall_clock else None,
+            "simulated_duration_s": info["simulated_duration_s"],
+        }
+        (staging / "run.json").write_text(json.dumps(run_info, indent=2) + "\n", encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+
+
 def write_run(
     config: Mapping[str, Any],
     output_dir: str | Path,
@@ -442,13 +477,7 @@ def write_run(
     Outputs are written into a sibling temporary folder and moved into place only when complete, so a
     directory with a ``run.json`` is always a finished run.
     """
-    target = Path(output_dir)
-    staging = target.with_name(f".{target.name}.partial")
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    started = wall_clock() if wall_clock else 0.0
-    try:
+    with staged_run_dir(output_dir, wall_clock) as (staging, info):
         server = config.get("server") or {}
         events = (
             JsonlFileSink(staging / KVCM_EVENTS_FILE)
@@ -478,19 +507,8 @@ def write_run(
                 for t, running, waiting in result.stats.timeline
             ]
             plot_run(RunData(result.records, steps), staging)
-        run_info = {
-            "kvsim_version": __version__,
-            "wall_time_s": round((wall_clock() - started), 3) if wall_clock else None,
-            "simulated_duration_s": result.metrics.get("duration"),
-        }
-        (staging / "run.json").write_text(json.dumps(run_info, indent=2) + "\n", encoding="utf-8")
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if target.exists():
-        shutil.rmtree(target)
-    staging.rename(target)
-    return result, target
+        info["simulated_duration_s"] = result.metrics.get("duration")
+    return result, Path(output_dir)
 
 
 def report(result: SimResult) -> str:
