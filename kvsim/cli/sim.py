@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kvsim.cli.step_time import add_model_arguments
+from kvsim.engines.config_keys import WORKLOAD_KEYS
 
 DATASET_CHOICES = ("random", "random-ids", "generated-shared-prefix", "mooncake")
 
@@ -46,23 +47,8 @@ _SERVER_FLAGS = (
     "hicache_storage_backend_extra_config",
     "hicache_storage_tier",
 )
-_WORKLOAD_FLAGS = (
-    "dataset_name",
-    "dataset_path",
-    "num_prompts",
-    "random_input_len",
-    "random_output_len",
-    "random_range_ratio",
-    "gsp_num_groups",
-    "gsp_prompts_per_group",
-    "gsp_system_prompt_len",
-    "gsp_question_len",
-    "gsp_output_len",
-    "request_rate",
-    "max_concurrency",
-    "mooncake_slowdown_factor",
-    "seed",
-)
+#: Every workload key of an experiment file has a flag of the same name.
+_WORKLOAD_FLAGS = WORKLOAD_KEYS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -31,10 +31,15 @@ from kvsim import __version__
 from kvsim.cache.events import EventSink, JsonlFileSink
 from kvsim.core.errors import ConfigError, UserInputError
 from kvsim.core.rng import spawn_rng
+from kvsim.engines.config_keys import (
+    CLUSTER_KEYS,
+    OUTPUT_KEYS,
+    SECTIONS,
+    SERVER_KEYS,
+    WORKLOAD_KEYS,
+)
 from kvsim.engines.driver import DriverStats, EngineDriver
 from kvsim.engines.sglang.config import (
-    HICACHE_ARGS,
-    HICACHE_STORAGE_ARGS,
     ResolvedServer,
     ServerArgs,
     resolve_server,
@@ -60,50 +65,6 @@ from kvsim.perf.predictor import Deployment, StepTimePredictor
 from kvsim.workloads import build_workload
 from kvsim.workloads.base import Workload
 
-SECTIONS = ("model", "gpu", "server", "workload", "output", "kvcm", "cluster")
-SERVER_KEYS = (
-    "tp",
-    "dtype",
-    "quantization",
-    "kv_cache_dtype",
-    "mem_fraction_static",
-    "max_total_tokens",
-    "chunked_prefill_size",
-    "max_prefill_tokens",
-    "max_running_requests",
-    "page_size",
-    "schedule_conservativeness",
-    "disable_radix_cache",
-    "schedule_policy",
-    "cuda_graph_max_bs",
-    "disable_overlap_schedule",
-    "enable_mixed_chunk",
-    "sglang_version",
-    "scheduler_cpu_base_ms",
-    "scheduler_cpu_per_request_us",
-    *HICACHE_ARGS,
-    *HICACHE_STORAGE_ARGS,
-)
-WORKLOAD_KEYS = (
-    "dataset_name",
-    "dataset_path",
-    "num_prompts",
-    "random_input_len",
-    "random_output_len",
-    "random_range_ratio",
-    "gsp_num_groups",
-    "gsp_prompts_per_group",
-    "gsp_system_prompt_len",
-    "gsp_question_len",
-    "gsp_output_len",
-    "request_rate",
-    "max_concurrency",
-    "mooncake_slowdown_factor",
-    "seed",
-)
-OUTPUT_KEYS = ("output_dir", "plots", "hisim_file_aliases")
-#: The ``cluster:`` section (run by :mod:`kvsim.cluster`; an experiment without it is one engine).
-CLUSTER_KEYS = ("instances", "router", "router_params", "instance_overrides", "kvcm_scope", "shared_tiers")
 #: KVCM's event log in a run directory (``--hicache-storage-backend kvcm``).
 KVCM_EVENTS_FILE = "kvcm_events.jsonl"
 #: HiSim's names for the two logs, written as copies when ``output.hisim_file_aliases`` is set.
