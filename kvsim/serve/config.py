@@ -301,6 +301,11 @@ def check(settings: ServeSettings) -> None:
         ConfigError: two HTTP servers or a gRPC and an HTTP server on one non-zero port; a TLS
             certificate without its key or the reverse.
     """
+    # Flags arrive as ints without the file/environment parsers, so the range is checked here for all.
+    for name in ("rpc_port", "http_port", "admin_rpc_port", "admin_http_port"):
+        port = getattr(settings, name)
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"{name} {port} is not a port (0..65535; 0 means any free port)")
     ports: dict[int, str] = {}
     named = [
         ("rpc_port", settings.rpc_port),

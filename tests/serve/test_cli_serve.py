@@ -113,6 +113,8 @@ def test_serve_with_no_arguments(tmp_path: Path) -> None:
         (["--log-level", "LOUD"], "--log-level: 'LOUD' is not a log level"),
         (["--config", "missing.conf"], "--config missing.conf: No such file or directory"),
         (["--http-port", "6381"], "http_port 6381 is already used by rpc_port"),
+        (["--rpc-port=-5"], "rpc_port -5 is not a port (0..65535; 0 means any free port)"),
+        (["--admin-http-port", "70000"], "admin_http_port 70000 is not a port"),
     ],
 )
 def test_bad_settings_exit_2_with_one_line(tmp_path: Path, args: list[str], message: str) -> None:
