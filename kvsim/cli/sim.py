@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from kvsim.cli.step_time import add_model_arguments
-from kvsim.engines.config_keys import WORKLOAD_KEYS
+from kvsim.engines.config_keys import SERVER_KEYS, WORKLOAD_KEYS
 
 DATASET_CHOICES = ("random", "random-ids", "generated-shared-prefix", "mooncake")
 
-#: flag dest -> (section, key)
+#: Server keys of an experiment file that have a flag of the same name (the scheduler CPU-time
+#: estimates are set in the file only).
+_SERVER_FLAGS = tuple(k for k in SERVER_KEYS if not k.startswith("scheduler_cpu_"))
 _SERVER_FLAGS = (
     "tp",
     "dtype",
