@@ -19,7 +19,6 @@ With ``cluster.shared_tiers: true`` the engines' L3 transfers share each storage
 from __future__ import annotations
 
 import functools
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -30,6 +29,7 @@ from kvsim.cache.events import EventSink
 from kvsim.cache.radix import RadixTree
 from kvsim.cluster.routers import Router, make_router
 from kvsim.core.errors import ConfigError
+from kvsim.engines.client import BenchClient
 from kvsim.engines.driver import DriverStats, EngineDriver
 from kvsim.engines.experiment import (
     EngineBuild,
@@ -277,24 +277,9 @@ class Fleet:
         self.views = [EngineView(driver, keys) for driver in self.drivers]
         #: request id -> instance index, the router's decisions
         self.assignments: dict[int, int] = {}
-        self._in_flight = 0
+        self.client = BenchClient(self.env, workload.requests, self._send, max_concurrency, self._maybe_end)
         self._finished_count = 0
-        self._pending: deque[Request] = deque()
-        self._arrivals_done = False
         self._ended = False
-
-    def _arrivals(self):  # type: ignore[no-untyped-def]
-        env = self.env
-        for req in self.workload.requests:
-            delay = req.arrival_s - env.now
-            if delay > 0:
-                yield env.timeout(delay)
-            if self.max_concurrency is not None and self._in_flight >= self.max_concurrency:
-                self._pending.append(req)
-            else:
-                self._send(req)
-        self._arrivals_done = True
-        self._maybe_end()
 
     def _send(self, req: Request) -> None:
         index = self.router.choose(req, self.views)
@@ -302,7 +287,6 @@ class Fleet:
         driver = self.drivers[index]
         driver.expected_requests += 1
         self.views[index].outstanding_tokens += req.input_len + req.output_len
-        self._in_flight += 1
         driver.send(req)
 
     def _finished(self, index: int, _count: int) -> None:
@@ -310,24 +294,22 @@ class Fleet:
         # client slot goes to the next pending request at once, as in the single-engine driver.
         record = self.drivers[index].stats.records[-1]
         self.views[index].outstanding_tokens -= record.input_len + record.output_len
-        self._in_flight -= 1
         self._finished_count += 1
         if self.on_finish is not None:
             self.on_finish(self._finished_count)
-        if self._pending:
-            self._send(self._pending.popleft())
+        self.client.finished()
         self._maybe_end()
 
     def _maybe_end(self) -> None:
         # Engines may stop only once the client has nothing left to send anywhere.
-        if self._arrivals_done and not self._pending and not self._ended:
+        if self.client.drained and not self._ended:
             self._ended = True
             for driver in self.drivers:
                 driver.end_arrivals()
 
     def run(self) -> list[DriverStats]:
         """Simulate until every request has finished; the per-instance stats."""
-        self.env.process(self._arrivals())
+        self.env.process(self.client.process())
         engines = [driver.start_engine() for driver in self.drivers]
         self.env.run(until=self.env.all_of(engines))
         return [driver.stats for driver in self.drivers]

@@ -19,12 +19,12 @@ at each prefill attempt, and the driver also wakes when one may let a waiting re
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import simpy
 
+from kvsim.engines.client import BenchClient
 from kvsim.engines.sglang.hicache import L2Transfers
 from kvsim.engines.sglang.scheduler import ReqState, ScheduledBatch, SGLangScheduler
 from kvsim.metrics.records import RequestRecord
@@ -73,8 +73,9 @@ class EngineDriver:
         #: requests this engine will serve; the engine stops once they have all finished and arrivals
         #: are done (a cluster raises it as its router sends requests here)
         self.expected_requests = len(workload.requests)
-        self._in_flight = 0
-        self._pending: deque[Request] = deque()
+        self.client = BenchClient(
+            self.env, workload.requests, self._deliver, max_concurrency, self._end_of_client_arrivals
+        )
         self._wake: simpy.Event | None = None
         self._arrivals_done = False
         self._step_cache: dict[tuple[int, int], float] = {}
@@ -84,26 +85,16 @@ class EngineDriver:
         self._l2_stall_s = 0.0
 
     # ---- client side ------------------------------------------------------------------------------------
-    def _arrivals(self):  # type: ignore[no-untyped-def]
-        env = self.env
-        for req in self.workload.requests:
-            delay = req.arrival_s - env.now
-            if delay > 0:
-                yield env.timeout(delay)
-            if self.max_concurrency is not None and self._in_flight >= self.max_concurrency:
-                self._pending.append(req)
-            else:
-                self._send(req)
-        self._arrivals_done = True
-
-    def _send(self, req: Request) -> None:
-        self._in_flight += 1
+    def _deliver(self, req: Request) -> None:
         self.scheduler.add_request(req, self.env.now)
         self.wake()
 
+    def _end_of_client_arrivals(self) -> None:
+        self._arrivals_done = True
+
     def send(self, req: Request) -> None:
         """Deliver ``req`` to the server now (a cluster's router sends requests this way)."""
-        self._send(req)
+        self._deliver(req)
 
     def end_arrivals(self) -> None:
         """No more requests will be sent: the engine may stop once its requests have finished."""
@@ -139,11 +130,9 @@ class EngineDriver:
             prefetch_s=state.prefetch_s if l3 and state.prefetch_s >= 0 else None,
         )
         self.stats.records.append(record)
-        self._in_flight -= 1
         if self.on_finish is not None:
             self.on_finish(len(self.stats.records))
-        if self._pending:
-            self._send(self._pending.popleft())
+        self.client.finished()
 
     # ---- server side ------------------------------------------------------------------------------------
     def _step_time_s(self, batch: ScheduledBatch) -> float:
@@ -217,7 +206,7 @@ class EngineDriver:
             batch = sched.schedule(env.now)
             if batch is None:
                 done = len(self.stats.records) >= self.expected_requests
-                if self._arrivals_done and not self._pending and done:
+                if self._arrivals_done and not self.client.pending and done:
                     return
                 self._wake = env.event()
                 wakeup_s = sched.next_wakeup_s(env.now)
@@ -254,7 +243,7 @@ class EngineDriver:
 
     def run(self) -> DriverStats:
         """Simulate until every request has finished."""
-        self.env.process(self._arrivals())
+        self.env.process(self.client.process())
         engine = self.start_engine()
         self.env.run(until=engine)
         return self.stats
