@@ -10,6 +10,7 @@ or global random state); the optimizer sub-package is not imported.
 """
 
 from kvsim.cache.backends import SimulatedBackend, StorageBackend, simulated_backend_factory
+from kvsim.cache.backends.base import parse_uri
 from kvsim.cache.defaults import default_instance_group, default_startup_config, default_storage_config
 from kvsim.cache.errors import CacheError, ErrorCode
 from kvsim.cache.keys import block_keys, chained_keys, storage_key
@@ -149,6 +150,7 @@ __all__ = [
     "default_storage_config",
     "make_eviction_policy",
     "make_store",
+    "parse_uri",
     "register_eviction_policy",
     "simulated_backend_factory",
     "storage_key",

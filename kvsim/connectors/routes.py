@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvsim.cache import parse_uri
 from kvsim.connectors.errors import TransferError
 
 #: URI scheme -> the storage types (``storage_configs`` ``type`` strings) it may route to.
@@ -96,26 +97,18 @@ class BlockRef:
 
 
 def split_uri(uri: str) -> tuple[str, str, str, dict[str, str]]:
-    """Split a URI into ``(scheme, host, path, params)`` with the reference's grammar.
+    """Split a URI into ``(scheme, host, path, params)`` with the reference's grammar (the cache's own
+    parser, so the service and its clients read URIs identically).
 
     Raises:
-        TransferError: no ``://`` or an empty scheme.
+        TransferError: not a string, no ``://`` or an empty scheme.
     """
     if not isinstance(uri, str):
         raise TransferError(f"uri: expected a string, got {type(uri).__name__}")
-    scheme, sep, rest = uri.partition("://")
-    if not sep or not scheme:
-        raise TransferError(f"uri {uri!r}: not a URI (expected <scheme>://<storage>/...)")
-    query = ""
-    if "?" in rest:
-        rest, query = rest.split("?", 1)
-    slash = rest.find("/")
-    host, path = (rest, "") if slash < 0 else (rest[:slash], rest[slash:])
-    params: dict[str, str] = {}
-    for part in query.split("&") if query else ():
-        key, _, value = part.partition("=")
-        params[key] = value
-    return scheme, host, path, params
+    try:
+        return parse_uri(uri)
+    except ValueError:
+        raise TransferError(f"uri {uri!r}: not a URI (expected <scheme>://<storage>/...)") from None
 
 
 def _int_param(uri: str, params: Mapping[str, str], name: str, default: str | None) -> int:
