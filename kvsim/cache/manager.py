@@ -37,6 +37,14 @@ from kvsim.cache.backends.base import BackendError, BackendFactory, StorageBacke
 from kvsim.cache.backends.simulated import SimulatedBackend
 from kvsim.cache.deletion import RETRY_BASE_S, DeletionQueue, Pending, retry_delay
 from kvsim.cache.errors import CacheError, ErrorCode, instance_not_exist, internal, invalid
+from kvsim.cache.health import (
+    Prober,
+    ProbeResult,
+    ProbeSettings,
+    StorageHealth,
+    StorageStatus,
+    excess_bytes,
+)
 from kvsim.cache.meta import Change, InstanceIndex
 from kvsim.cache.metrics import Counter as MetricCounter
 from kvsim.cache.metrics import MetricsRegistry, Summary, tags_of
@@ -253,6 +261,9 @@ class CacheManager:
         metrics: where metrics are recorded; a fresh :class:`MetricsRegistry` when None.
         reclaimer: sampling, batching and period of the reclaimer; the reference's defaults when None.
         deletion_retry_s: first back-off of a failed storage delete (doubled per failure, capped at 60 s).
+        storage_probe: probe period, hysteresis and water levels of the storages
+            (:mod:`kvsim.cache.health`); None probes nothing and uses no storage water levels.
+        prober: probes one backend; the backend's own ``probe`` when None.
     """
 
     def __init__(
@@ -270,6 +281,8 @@ class CacheManager:
         metrics: MetricsRegistry | None = None,
         reclaimer: ReclaimerConfig | None = None,
         deletion_retry_s: float = RETRY_BASE_S,
+        storage_probe: ProbeSettings | None = None,
+        prober: Prober | None = None,
     ) -> None:
         if max_keys_per_request <= 0:
             raise ValueError(f"max_keys_per_request: must be > 0, got {max_keys_per_request}")
@@ -317,6 +330,13 @@ class CacheManager:
         # Bumped whenever the set of open backends or their enabled flags change (cache invalidation).
         self._backend_epoch = 0
         self._placeholders: dict[str, tuple[InstanceInfo, CacheLocation]] = {}
+        # Storage status (kvsim.cache.health): probe history per storage name, and the next round.
+        self._probe_settings = storage_probe
+        self._prober: Prober = prober or self._default_probe
+        self._health: dict[str, StorageHealth] = {}
+        self._next_probe = float("-inf")
+        # Set by a probe round: the next reclaim round also brings storages under their water level.
+        self._storage_reclaim_due = False
         try:
             self._registry = Registry(self._store)
         except StoreError as exc:
@@ -359,10 +379,13 @@ class CacheManager:
     def next_deadline(self) -> float | None:
         """When :meth:`poll` next has work, or None: the earliest session deadline, queued deletion, or
         (when the last reclaim round found a group over its water level) the next reclaim round. A
-        simulator may schedule its next ``poll`` there."""
+        simulator may schedule its next ``poll`` there. With storage probing on, the next probe round
+        counts too."""
         times = [self._sessions.next_deadline(), self._deletions.next_due()]
         if self._reclaim_pending:
             times.append(self._reclaimer.next_round)
+        if self._probe_settings is not None and self._backends:
+            times.append(self._next_probe)
         due = [t for t in times if t is not None]
         return min(due) if due else None
 
@@ -373,12 +396,15 @@ class CacheManager:
 
     def metrics(self) -> MetricsRegistry:
         """Refresh the interval gauges (storage health and usage, group usage ratio, per-instance key
-        counts and bytes, queue length) and return the metrics registry."""
+        counts and bytes, queue length) and return the metrics registry.
+
+        ``data_storage.healthy_status`` is 1 when the storage can serve: open, enabled and (with
+        probing on) healthy by its probes; ``storage_usage_ratio`` is :meth:`storage_usage_ratio`."""
         m = self._metrics
         for name, backend in self._backends.items():
             tags = tags_of(type=backend.config.type_name, unique_name=name)
-            m.gauge("data_storage.healthy_status", tags).set(1.0 if backend.available() else 0.0)
-            m.gauge("data_storage.storage_usage_ratio", tags).set(backend.usage_ratio())
+            m.gauge("data_storage.healthy_status", tags).set(1.0 if self._available(name) else 0.0)
+            m.gauge("data_storage.storage_usage_ratio", tags).set(self.storage_usage_ratio(name))
         total_keys = total_bytes = 0
         for group in self._registry.groups.values():
             ids = self._registry.instance_ids_of_group(group.name)
@@ -455,7 +481,10 @@ class CacheManager:
     def _available(self, name: str) -> bool:
         backend = self._backends.get(name)
         config = self._registry.storages.get(name)
-        return backend is not None and config is not None and config.is_available and backend.available()
+        if backend is None or config is None or not config.is_available or not backend.available():
+            return False
+        health = self._health.get(name)
+        return health is None or health.healthy
 
     def _weights(self, info: InstanceInfo) -> ReadWeights:
         epoch = (self._registry.epoch, self._backend_epoch)
@@ -1026,7 +1055,16 @@ class CacheManager:
                 qt = quota_type(t)
                 usage[qt] = usage.get(qt, 0) + b
         excluded = write_exclusions(group, plan.quotas, used, usage)
-        return self._backends[select_write_storage(group, plan.candidates, excluded)]
+        candidates = plan.candidates
+        if self._probe_settings is not None:
+            candidates = [c for c in candidates if not self._at_high_water(c[0])]
+            if plan.candidates and not candidates:
+                names = ", ".join(repr(n) for n, _ in plan.candidates)
+                raise internal(
+                    f"instance group {group.name!r}: every available storage ({names}) is at its "
+                    f"high-water mark {self._probe_settings.high_water:g}"
+                )
+        return self._backends[select_write_storage(group, candidates, excluded)]
 
     def _group_usage(self, group: InstanceGroup, instance_ids: Sequence[str]) -> GroupUsage:
         """The group's usage against its quotas, from the in-memory index counters (no store I/O)."""
@@ -1359,6 +1397,8 @@ class CacheManager:
         """Act on everything due by ``now`` (the clock's time when None), in this order:
 
         1. expire write sessions whose deadline is before ``now`` (all their blocks failed);
+        1b. with storage probing on, probe every storage when a probe period has passed and update
+           its health (:mod:`kvsim.cache.health`);
         2. run a reclaim round (at most one per ``ReclaimerConfig.interval_s``): groups over their water
            level, or with a TTL policy, get victims marked DELETING and queued after
            ``delay_before_delete_ms``;
@@ -1372,6 +1412,7 @@ class CacheManager:
         expired = sum(self._expire(session, now) for session in self._sessions.pop_due(now))
         if expired:
             self._m_expired.inc(expired)
+        health_changes = self._probe_storages(now)
         reclaimed = self._reclaim(now)
         deleted_locations, deleted_keys, failed = self._run_deletions(now)
         for index in self._indexes.values():
@@ -1384,7 +1425,7 @@ class CacheManager:
             except OSError:
                 # The records stay buffered for the next poll; the failure is counted, not raised.
                 self._metrics.counter("event_publisher.flush_error_count").inc()
-        return PollResult(expired, deleted_locations, deleted_keys, reclaimed, failed)
+        return PollResult(expired, deleted_locations, deleted_keys, reclaimed, failed, health_changes)
 
     def _expire(self, session: WriteSession, now: float) -> bool:
         """Fail every block of an overdue session; False (session kept for the next poll) if the store
@@ -1561,6 +1602,8 @@ class CacheManager:
         pending = False
         submitted = 0
         m = self._metrics
+        storage_need = self._storage_needs() if self._storage_reclaim_due else {}
+        self._storage_reclaim_due = False
         for name in sorted(self._registry.groups):
             group = self._registry.groups[name]
             ids = self._registry.instance_ids_of_group(name)
@@ -1571,6 +1614,14 @@ class CacheManager:
                 level = water_level(group, usage)
                 if level.triggered:
                     level = water_level(group, usage, self._deletion_credit(usage))
+                over = {
+                    n: storage_need[n]
+                    for n in dict.fromkeys(group.storage_candidates)
+                    if storage_need.get(n, 0) > 0
+                }
+                if over:
+                    level = dataclasses.replace(level, triggered=True, free_storage_bytes=over)
+                    m.counter("cache_reclaimer.storage_trigger_count", tags_of(instance_group=name)).inc()
                 _, ttl = policy_of(group)
                 if not level.triggered and ttl <= 0:
                     continue
@@ -1581,8 +1632,15 @@ class CacheManager:
                 choice = self._reclaimer.plan(group, usage, level, self._sample, now)
                 if choice.victims:
                     submitted += self._submit_reclaim(group, choice.victims, now)
+                    for storage, freed in choice.storage_bytes.items():
+                        if storage in storage_need:
+                            storage_need[storage] -= freed
                 # Another round is wanted while the group stays over its level, or while TTL keys exist.
-                pending = pending or not choice.covered or (ttl > 0 and usage.used_keys > 0)
+                # A storage over its level waits for its next probe instead (fresh figures).
+                group_short = not choice.covered and (
+                    level.free_keys > 0 or level.free_bytes > 0 or bool(level.over_types)
+                )
+                pending = pending or group_short or (ttl > 0 and usage.used_keys > 0)
             except StoreError:
                 # Nothing of this group was applied; the next round tries again.
                 m.counter("cache_reclaimer.store_error_count", tags_of(instance_group=name)).inc()
@@ -1708,6 +1766,122 @@ class CacheManager:
                 raise _store_failure("recovery", exc) from None
             self._submit_deletion(instance_id, doomed)
 
+    # =================================================================================== storage status
+
+    def _default_probe(self, backend: StorageBackend) -> ProbeResult:
+        """The backend's own probe, timed with the manager's timer."""
+        assert self._probe_settings is not None
+        return backend.probe(self._timer, self._probe_settings.probe_bytes)
+
+    def _probe_storages(self, now: float) -> int:
+        """Probe every open storage when a period has passed; return how many flipped health."""
+        settings = self._probe_settings
+        if settings is None or now < self._next_probe or not self._backends:
+            return 0
+        self._next_probe = now + settings.period_s
+        self._storage_reclaim_due = True
+        m = self._metrics
+        changes = 0
+        for name in sorted(self._backends):
+            backend = self._backends[name]
+            health = self._health.get(name)
+            if health is None:
+                health = self._health[name] = StorageHealth(settings.fail_after, settings.recover_after)
+            try:
+                result = self._prober(backend)
+            except Exception as exc:  # an injected prober that raises has failed its probe, nothing more
+                result = ProbeResult(False, error=f"storage {name!r}: probe raised {exc!r}")
+            tags = tags_of(type=backend.config.type_name, unique_name=name)
+            m.summary("data_storage.probe_latency_us", tags).observe(result.latency_s * 1e6)
+            m.counter("data_storage.probe_counter", tags).inc()
+            if not result.ok:
+                m.counter("data_storage.probe_fail_counter", tags).inc()
+            if health.record(result):
+                changes += 1
+                self._backend_epoch += 1
+                m.counter(
+                    "data_storage.became_healthy_counter"
+                    if health.healthy
+                    else "data_storage.became_unhealthy_counter",
+                    tags,
+                ).inc()
+        return changes
+
+    def storage_usage_ratio(self, name: str) -> float:
+        """How full storage ``name`` is: the larger of its filesystem's own figure (from the last
+        probe) and kvsim's accounting (bytes allocated over the configured capacity).
+
+        Raises:
+            KeyError: the storage is not open.
+        """
+        ratio = self._backends[name].usage_ratio()
+        health = self._health.get(name)
+        probed = health.storage_ratio() if health is not None else None
+        return max(ratio, probed) if probed is not None else ratio
+
+    def _at_high_water(self, name: str) -> bool:
+        settings = self._probe_settings
+        return settings is not None and self.storage_usage_ratio(name) >= settings.high_water
+
+    def storage_status(self) -> dict[str, StorageStatus]:
+        """Health and water level of every open storage, by name (sorted)."""
+        out: dict[str, StorageStatus] = {}
+        for name in sorted(self._backends):
+            health = self._health.get(name)
+            last = health.last if health is not None else None
+            out[name] = StorageStatus(
+                name=name,
+                available=self._available(name),
+                enabled=self._backends[name].enabled,
+                healthy=health.healthy if health is not None else True,
+                consecutive_failures=health.failures if health is not None else 0,
+                probes=health.probes if health is not None else 0,
+                usage_ratio=self.storage_usage_ratio(name),
+                at_high_water=self._at_high_water(name),
+                last_error=last.error if last is not None else "",
+                last_latency_s=last.latency_s if last is not None else 0.0,
+            )
+        return out
+
+    def _storage_needs(self) -> dict[str, int]:
+        """Bytes to free per storage above its reclaim water level, less what queued deletions on it
+        will free (empty without probing)."""
+        settings = self._probe_settings
+        if settings is None:
+            return {}
+        level = settings.reclaim_water
+        need: dict[str, int] = {}
+        for name, backend in self._backends.items():
+            usage = backend.usage()
+            excess = excess_bytes(usage.used_bytes, usage.capacity_bytes or 0, level)
+            health = self._health.get(name)
+            last = health.last if health is not None else None
+            if last is not None and last.used_bytes is not None and last.total_bytes:
+                excess = max(excess, excess_bytes(last.used_bytes, last.total_bytes, level))
+            if excess > 0:
+                need[name] = excess
+        if need:
+            for name, queued in self._storage_credit(set(need)).items():
+                need[name] -= queued
+        return {n: b for n, b in need.items() if b > 0}
+
+    def _storage_credit(self, names: set[str]) -> dict[str, int]:
+        """Bytes of queued (DELETING) locations per storage in ``names``."""
+        credit: dict[str, int] = {}
+        for instance_id in sorted(self._registry.instances):
+            queued = self._deletions.of_instance(instance_id)
+            if not queued:
+                continue
+            wanted = list(queued)
+            for key, rec in zip(wanted, self._index(instance_id).get(wanted), strict=True):
+                if rec is None:
+                    continue
+                ids = queued[key].location_ids
+                for loc in rec.locations:
+                    if loc.status == _DELETING and loc.location_id in ids and loc.storage_name in names:
+                        credit[loc.storage_name] = credit.get(loc.storage_name, 0) + loc.size_bytes
+        return credit
+
     # =================================================================================== storages
 
     @_api("AddStorage")
@@ -1777,8 +1951,12 @@ class CacheManager:
 
     @_api("EnableStorage")
     def enable_storage(self, storage_unique_name: str) -> None:
-        """Make a storage available for reads and writes again."""
+        """Make a storage available for reads and writes again; an operator's word also overrides its
+        probes until they fail ``fail_after`` times in a row again."""
         self._set_storage_available(storage_unique_name, True)
+        health = self._health.get(storage_unique_name)
+        if health is not None and health.force_healthy():
+            self._backend_epoch += 1
 
     @_api("DisableStorage")
     def disable_storage(self, storage_unique_name: str) -> None:
@@ -1807,6 +1985,7 @@ class CacheManager:
         backend = self._backends.pop(storage_unique_name, None)
         if backend is not None:
             backend.close()
+        self._health.pop(storage_unique_name, None)
         self._backend_epoch += 1
 
     @_api("UpdateStorage")
@@ -1824,6 +2003,8 @@ class CacheManager:
         if old is not None:
             old.close()
         self._backends[config.global_unique_name] = backend
+        # A new config is a new storage as far as its probes go: its history starts afresh.
+        self._health.pop(config.global_unique_name, None)
         self._backend_epoch += 1
 
     @_api("ListStorage")

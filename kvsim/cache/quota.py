@@ -149,17 +149,24 @@ class WaterLevel:
         free_keys: keys to remove to get under the key level.
         free_bytes: group bytes to free to get under the byte level.
         free_type_bytes: bytes to free per quota type over its level.
+        free_storage_bytes: bytes to free per storage (by name) over its storage water level.
     """
 
     triggered: bool
     free_keys: int = 0
     free_bytes: int = 0
     free_type_bytes: Mapping[StorageType, int] = field(default_factory=dict)
+    free_storage_bytes: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def over_types(self) -> frozenset[StorageType]:
         """Quota types over their level: the reclaimer then deletes only locations of these types."""
         return frozenset(t for t, b in self.free_type_bytes.items() if b > 0)
+
+    @property
+    def over_storages(self) -> frozenset[str]:
+        """Storages over their own water level (:mod:`kvsim.cache.health`): their locations go first."""
+        return frozenset(n for n, b in self.free_storage_bytes.items() if b > 0)
 
 
 NOT_TRIGGERED = WaterLevel(False)

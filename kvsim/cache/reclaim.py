@@ -17,7 +17,9 @@ and fixes what the reference leaves out:
   instance loses its blocks before a hot one (``batch_size`` victims per instance and round at most).
 
 Never reclaimed: WRITING locations (a client is writing them) and DELETING ones (already going). When a
-per-type quota is over its level only locations of the over types are taken, as the reference does.
+per-type quota is over its level only locations of the over types are taken, as the reference does;
+when a storage is over its own water level (probed, :mod:`kvsim.cache.health`) only locations on it are
+taken, unless the group itself is also over its byte or key level.
 
 Sampling uses the reclaimer's own generator (:meth:`MetaStore.meta_sample`), so runs are reproducible
 and reclaiming does not shift the ids the manager draws from its main generator.
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -117,10 +119,12 @@ class Choice:
         victims: the chosen locations, per key.
         covered: every excess of the water level is covered by them (False: the group stays over its
             level, e.g. its blocks are still WRITING or the per-instance batch was used up).
+        storage_bytes: bytes of the chosen locations per storage name.
     """
 
     victims: list[Victim]
     covered: bool
+    storage_bytes: dict[str, int] = field(default_factory=dict)
 
 
 Sampler = Callable[[str, int, np.random.Generator], list[Candidate]]
@@ -170,13 +174,22 @@ def choose_victims(
     need_keys = level.free_keys
     need_bytes = level.free_bytes
     need_types: dict[StorageType, int] = dict(level.free_type_bytes)
+    need_storages: dict[str, int] = dict(level.free_storage_bytes)
     restrict = level.over_types
+    # Any location will do unless a type is over its quota, or only storages are over their levels.
+    unrestricted = not restrict and (not level.over_storages or need_keys > 0 or need_bytes > 0)
+    freed: dict[str, int] = {}
     ttl = ttl_s if policy == ReclaimPolicy.POLICY_TTL else 0.0
     taken: dict[str, int] = {}
     out: list[Victim] = []
     for cand in ordered:
         expired = ttl > 0 and now - cand.last_access >= ttl
-        short = need_keys > 0 or need_bytes > 0 or any(v > 0 for v in need_types.values())
+        short = (
+            need_keys > 0
+            or need_bytes > 0
+            or any(v > 0 for v in need_types.values())
+            or any(v > 0 for v in need_storages.values())
+        )
         if not expired and not short:
             break  # ordered: with TTL every expired candidate comes first
         if taken.get(cand.instance_id, 0) >= batch_size:
@@ -185,7 +198,12 @@ def choose_victims(
             loc
             for loc in cand.record.locations
             if loc.status == _SERVING
-            and (expired or not restrict or quota_type(loc.location.type) in restrict)
+            and (
+                expired
+                or unrestricted
+                or quota_type(loc.location.type) in restrict
+                or need_storages.get(loc.storage_name, 0) > 0
+            )
         ]
         if not chosen:
             continue
@@ -199,11 +217,19 @@ def choose_victims(
             qt = quota_type(loc.location.type)
             if qt in need_types:
                 need_types[qt] -= loc.size_bytes
+            if loc.storage_name in need_storages:
+                need_storages[loc.storage_name] -= loc.size_bytes
+            freed[loc.storage_name] = freed.get(loc.storage_name, 0) + loc.size_bytes
         if frees_key:
             need_keys -= 1
             need_bytes -= cand.bytes_per_key
-    covered = need_keys <= 0 and need_bytes <= 0 and all(v <= 0 for v in need_types.values())
-    return Choice(out, covered)
+    covered = (
+        need_keys <= 0
+        and need_bytes <= 0
+        and all(v <= 0 for v in need_types.values())
+        and all(v <= 0 for v in need_storages.values())
+    )
+    return Choice(out, covered, freed)
 
 
 class Reclaimer:

@@ -689,11 +689,12 @@ class TrimCacheResult:
 @dataclass(frozen=True, slots=True)
 class PollResult:
     """What one :meth:`CacheManager.poll` did: sessions expired, locations and keys deleted, locations
-    the reclaimer submitted for deletion, and locations whose storage delete failed (kept DELETING and
-    retried later)."""
+    the reclaimer submitted for deletion, locations whose storage delete failed (kept DELETING and
+    retried later), and storages whose probed health flipped."""
 
     expired_sessions: int
     deleted_locations: int
     deleted_keys: int
     reclaimed_locations: int = 0
     failed_deletions: int = 0
+    storage_health_changes: int = 0

@@ -8,7 +8,8 @@ client (or the deletion path) routes a URI to its storage by host alone.
 URI grammar (as the reference's ``StandardUri``): ``protocol://host[/path][?k=v&k2=v2]`` with the
 parameters written in lexicographic key order and no percent-encoding.
 
-Every backend offers the same five things: ``create``, ``delete``, ``exist``, ``available`` and ``usage``.
+Every backend offers the same six things: ``create``, ``delete``, ``exist``, ``available``, ``usage`` and
+``probe`` (a health check the manager runs from ``poll``, see :mod:`kvsim.cache.health`).
 Real backends (``file``, ``hf3fs``, ``mooncake``) also keep a live-block count per container (a packed
 file or a Mooncake object): the container is removed only when its last live block is deleted. The
 counts are not persisted separately; the manager rebuilds them from the locations the meta store
@@ -22,8 +23,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from kvsim.cache.health import ProbeResult
 from kvsim.cache.types import StorageConfig, StorageType
 from kvsim.core.errors import KvsimError
+from kvsim.core.timer import Timer
 
 
 class BackendError(KvsimError):
@@ -128,6 +131,23 @@ class StorageBackend(ABC):
         if not usage.capacity_bytes:
             return 0.0
         return usage.used_bytes / usage.capacity_bytes
+
+    def probe(self, timer: Timer, probe_bytes: int) -> ProbeResult:
+        """Check that the storage can serve now (see :mod:`kvsim.cache.health`).
+
+        The default checks only what the backend knows of itself (open, no ``unavailable_reason``);
+        backends over real storage also touch it.
+
+        Args:
+            timer: measures the probe's latency.
+            probe_bytes: size of the round-trip file, for backends that write one.
+        """
+        if not self._open:
+            return ProbeResult(False, error=f"storage {self.name!r} is closed")
+        reason = self.unavailable_reason
+        if reason:
+            return ProbeResult(False, error=reason)
+        return ProbeResult(True)
 
     def restore(self, uris: Iterable[str]) -> None:
         """Replace the live-block bookkeeping by ``uris``: every URI the meta index still holds for this

@@ -10,6 +10,9 @@ see :mod:`kvsim.cache.backends.layout`), and the file behind a URI is its path o
   block of a packed file keeps its neighbours readable (kvsim fix: the reference never deletes files).
   Live counts are rebuilt from the meta index by :meth:`FileBackend.restore` whenever the manager opens
   the backend, so they survive restarts and reopenings without being stored twice.
+* ``probe`` checks the root (exists, writable), reads the filesystem's size and free space
+  (``os.statvfs``, the figures ``df`` shows) and times a small write/fsync/read/delete round trip of a
+  probe file named after the process, so several servers on one NFS root never collide.
 * Storage keys may not escape the root (``..``, empty or absolute segments are refused): instance ids
   come from clients and name directories here.
 
@@ -37,7 +40,9 @@ from kvsim.cache.backends.layout import (
     parse_block_uri,
     unsafe_segment,
 )
+from kvsim.cache.health import ProbeResult
 from kvsim.cache.types import NfsStorageSpec, StorageConfig
+from kvsim.core.timer import Timer
 
 
 def _why(exc: OSError) -> str:
@@ -204,6 +209,56 @@ class FileLikeBackend(StorageBackend):
             self._files.add(block.path)
             self.used_bytes += block.size
 
+    def probe(self, timer: Timer, probe_bytes: int) -> ProbeResult:
+        """Check the root and time a round trip through a probe file (see the module docstring).
+
+        Without file I/O on this machine (a 3FS mount not visible here) only the base checks run.
+        """
+        base = super().probe(timer, probe_bytes)
+        if not base.ok or not self.file_io:
+            return base
+        root = self.root
+        if not os.path.isdir(root):
+            return ProbeResult(False, error=f"storage {self.name!r}: root {root!r} does not exist")
+        if not os.access(root, os.W_OK | os.X_OK):
+            return ProbeResult(False, error=f"storage {self.name!r}: root {root!r} is not writable")
+        used = total = None
+        try:
+            st = os.statvfs(root)
+        except OSError as exc:
+            return ProbeResult(False, error=f"storage {self.name!r}: statvfs {root!r}: {_why(exc)}")
+        if st.f_blocks > 0:
+            # As df: used = size - free, and the ratio is taken over what unprivileged users can reach.
+            used = (st.f_blocks - st.f_bfree) * st.f_frsize
+            total = used + st.f_bavail * st.f_frsize
+        path = os.path.join(root, f".kvsim-probe-{os.getpid()}")
+        payload = _probe_payload(probe_bytes)
+        started = timer.monotonic()
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, payload)
+                os.fsync(fd)
+                back = os.pread(fd, len(payload), 0)
+            finally:
+                os.close(fd)
+            os.unlink(path)
+        except OSError as exc:
+            self._unlink(path)
+            return ProbeResult(
+                False,
+                timer.monotonic() - started,
+                used,
+                total,
+                f"storage {self.name!r}: probe file {path!r}: {_why(exc)}",
+            )
+        latency = timer.monotonic() - started
+        if back != payload:
+            return ProbeResult(
+                False, latency, used, total, f"storage {self.name!r}: probe file read back differs"
+            )
+        return ProbeResult(True, latency, used, total)
+
     # ------------------------------------------------------------------ helpers
 
     def _make_file(self, path: str, size: int) -> bool:
@@ -224,6 +279,11 @@ class FileLikeBackend(StorageBackend):
         except OSError as exc:
             return _why(exc)
         return ""
+
+
+def _probe_payload(size: int) -> bytes:
+    """A recognisable, non-constant pattern, so a read that returns stale or zeroed bytes fails."""
+    return bytes(i % 251 for i in range(size))
 
 
 def _create_sized(path: str, size: int, *, sized: bool) -> bool:

@@ -26,10 +26,14 @@ from kvsim.cache.backends.base import (
     format_uri,
     parse_uri,
 )
+from kvsim.cache.health import ProbeResult
 from kvsim.cache.types import MooncakeStorageSpec, StorageConfig
+from kvsim.core.timer import Timer
 
 #: The server contributes no memory to the pool; it only removes objects.
 GLOBAL_SEGMENT_SIZE = 0
+#: The object a probe asks about: any answer (present or not) proves the master is reachable.
+PROBE_KEY = "__kvsim_probe__"
 #: Transfer buffer of the server's client (it never transfers data; small but non-zero).
 LOCAL_BUFFER_SIZE = 16 << 20
 
@@ -145,6 +149,23 @@ class MooncakeBackend(StorageBackend):
     def usage(self) -> StorageUsage:
         """Bytes of the live objects and the configured capacity."""
         return StorageUsage(self.used_bytes, self.capacity_bytes)
+
+    def probe(self, timer: Timer, probe_bytes: int) -> ProbeResult:
+        """Ask the master whether a probe object exists: an answer (0 or 1) is a success, a negative
+        code or an exception a failure. Usage is kvsim's own accounting (the pool's is not exposed)."""
+        base = super().probe(timer, probe_bytes)
+        client = self._client
+        if not base.ok or client is None:
+            return base if not base.ok else ProbeResult(False, error=f"storage {self.name!r} has no client")
+        started = timer.monotonic()
+        try:
+            rc = client.is_exist(PROBE_KEY)
+        except Exception as exc:  # the client is a C extension: any failure means "not answering"
+            return ProbeResult(False, timer.monotonic() - started, error=f"storage {self.name!r}: {exc}")
+        latency = timer.monotonic() - started
+        if rc < 0:
+            return ProbeResult(False, latency, error=f"storage {self.name!r}: master answered {rc}")
+        return ProbeResult(True, latency)
 
     def create(self, keys: Sequence[str], size_per_key: int) -> list[str]:
         """Name one object per storage key (clients put the data).

@@ -13,6 +13,12 @@ Mooncake        ``mooncake://<name>/?key=inst/tp0/7b&size=1024``
 TairMemPool     ``pace://<name>/<offset>?media_type=mem&node_id=0&range_id=0&size=1024``
 =============  =====================================================================================
 
+A simulated storage can be taken down (:meth:`SimulatedBackend.set_down`, driven by an experiment's
+``faults:`` section): while down, ``create`` fails as a real outage would and ``probe`` reports the
+failure, so the manager's probes turn it unavailable after ``fail_after`` rounds and back after
+``recover_after`` good ones once it is up again. Its probe reports the booked bytes over the capacity
+as the storage's own usage.
+
 The packing of blocks into files and the file-name hash are shared with the real backends
 (:mod:`kvsim.cache.backends.layout`).
 """
@@ -30,6 +36,7 @@ from kvsim.cache.backends.base import (
     parse_uri,
 )
 from kvsim.cache.backends.layout import block_uris, blocks_per_file, file_path, packed_files
+from kvsim.cache.health import ProbeResult
 from kvsim.cache.types import (
     MooncakeStorageSpec,
     NfsStorageSpec,
@@ -38,6 +45,7 @@ from kvsim.cache.types import (
     ThreeFSStorageSpec,
     VcnsThreeFSStorageSpec,
 )
+from kvsim.core.timer import Timer
 
 
 class SimulatedBackend(StorageBackend):
@@ -71,6 +79,25 @@ class SimulatedBackend(StorageBackend):
         self._live: dict[str, int] = {}
         self._extra: dict[str, int] = {}
         self._next_offset = 0
+        self._down = ""
+
+    @property
+    def down(self) -> bool:
+        """Whether the storage is down (a scripted outage)."""
+        return bool(self._down)
+
+    def set_down(self, down: bool, why: str = "scripted outage") -> None:
+        """Take the storage down (creates fail, probes fail) or bring it back up."""
+        self._down = why if down else ""
+
+    def probe(self, timer: Timer, probe_bytes: int) -> ProbeResult:
+        """Up or down as :meth:`set_down` left it, with the booked bytes as the storage's usage."""
+        base = super().probe(timer, probe_bytes)
+        if not base.ok:
+            return base
+        if self._down:
+            return ProbeResult(False, error=f"storage {self.name!r} is down: {self._down}")
+        return ProbeResult(True, 0.0, self.used_bytes, self.capacity_bytes)
 
     def usage(self) -> StorageUsage:
         """Bytes booked and the capacity (None when unlimited)."""
@@ -97,6 +124,8 @@ class SimulatedBackend(StorageBackend):
         """Book ``len(keys) * size_per_key`` bytes and return one URI per key."""
         if not self._open:
             raise BackendError(f"storage {self.name!r} is closed")
+        if self._down:
+            raise BackendError(f"storage {self.name!r} is down: {self._down}")
         if size_per_key <= 0:
             raise BackendError(f"size_per_key: must be > 0, got {size_per_key}")
         need = len(keys) * size_per_key
