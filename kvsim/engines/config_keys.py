@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from kvsim.engines.sglang.config import HICACHE_ARGS, HICACHE_STORAGE_ARGS
 
-SECTIONS = ("model", "gpu", "server", "workload", "output", "kvcm", "cluster")
+SECTIONS = ("model", "gpu", "server", "workload", "output", "kvcm", "cluster", "faults")
 SERVER_KEYS = (
     "tp",
     "dtype",

@@ -29,6 +29,7 @@ import yaml
 
 from kvsim import __version__
 from kvsim.cache.events import EventSink, JsonlFileSink
+from kvsim.cache.health import ProbeSettings
 from kvsim.core.errors import ConfigError, UserInputError
 from kvsim.core.rng import spawn_rng
 from kvsim.engines.config_keys import (
@@ -44,6 +45,7 @@ from kvsim.engines.sglang.config import (
     ServerArgs,
     resolve_server,
 )
+from kvsim.engines.sglang.faults import NO_FAULTS, FaultPlan, check_storages, parse_faults
 from kvsim.engines.sglang.hicache import HiCacheKVPool, TransferModel
 from kvsim.engines.sglang.kvcm_store import KVCM_KEYS, KvcmSection, KvcmStore, parse_kvcm_section
 from kvsim.engines.sglang.page_keys import PageKeyCache
@@ -228,12 +230,15 @@ def build_engine(
     # The kvcm section is checked even when another backend runs, so that a typo never waits for the
     # run that would use it.
     kvcm_section = parse_kvcm_section(config.get("kvcm"))
+    faults = parse_faults(config.get("faults"))
     transfer = None
     if server.hicache is not None:
         transfer = TransferModel.for_deployment(deployment, server.hicache, server.args.page_size)
     l3 = None
     if server.hicache is not None and server.hicache.storage is not None:
-        l3 = _l3_controller(server, deployment, workload, kvcm_section, seed, kvcm_events)
+        l3 = _l3_controller(server, deployment, workload, kvcm_section, seed, kvcm_events, faults)
+    elif faults:
+        raise ConfigError("faults: scripted storage faults need an L3 storage (--hicache-storage-backend)")
     scheduler = SGLangScheduler(server, spawn_rng(seed, "scheduler"), transfer, l3)
     if workload.name == "mooncake" and 512 % server.args.page_size:
         raise UserInputError(
@@ -326,9 +331,11 @@ def _l3_controller(
     section: KvcmSection,
     seed: int,
     sink: EventSink | None,
+    faults: FaultPlan = NO_FAULTS,
 ) -> L3Controller:
     """The storage tier of ``server``: its store (KVCM registered with this engine, or a plain store on
-    its tier), the workload's page keys, and the bytes one page moves over all TP ranks."""
+    its tier), the workload's page keys, the bytes one page moves over all TP ranks, and the scripted
+    faults (with KVCM, the manager then probes its storages every ``faults.probe_period``)."""
     assert server.hicache is not None and server.hicache.storage is not None
     settings = server.hicache.storage
     page = server.args.page_size
@@ -344,12 +351,21 @@ def _l3_controller(
             (deployment.model.name, deployment.precision.kv_cache_dtype),
             spawn_rng(seed, "kvcm"),
             sink,
+            # Availability only: the tiers' capacities already bound what KVCM writes, so the water
+            # levels stay at 100 % and the run differs from a fault-free one only by the faults.
+            ProbeSettings(period_s=faults.probe_period_s, high_water=1.0, reclaim_water=1.0)
+            if faults
+            else None,
         )
     else:
         assert settings.tier is not None
         store = PlainStore(settings.backend, load_storage_tier(settings.tier), page_bytes)
     keys = PageKeyCache({r.request_id: r.token_ids for r in workload.requests}, page)
-    return L3Controller(settings, store, keys, page_bytes)
+    controller = L3Controller(settings, store, keys, page_bytes)
+    if faults:
+        check_storages(faults, store.storage_names())
+        controller.schedule_faults(faults)
+    return controller
 
 
 def l3_metrics(records: list[RequestRecord], l3: L3Controller) -> dict[str, Any]:

@@ -62,6 +62,7 @@ from kvsim.cache import (
 )
 from kvsim.cache.backends.base import parse_uri
 from kvsim.cache.events import EventLog, EventSink, Record
+from kvsim.cache.health import ProbeSettings
 from kvsim.cache.reclaim import ReclaimerConfig
 from kvsim.core import ManualClock
 from kvsim.core.errors import ConfigError
@@ -362,6 +363,8 @@ class KvcmStore:
         model: the model's name and KV dtype, registered as the instance's deployment.
         rng: the manager's generator (a named child of the run's seed).
         sink: where the event log goes (a file for a run directory, memory for tests); dropped when None.
+        probe: storage probing of the manager (:mod:`kvsim.cache.health`); None (the default) probes
+            nothing. A run with scripted faults probes, so outages change what KVCM hands out.
     """
 
     def __init__(
@@ -373,6 +376,7 @@ class KvcmStore:
         model: tuple[str, str],
         rng: np.random.Generator,
         sink: EventSink | None = None,
+        probe: ProbeSettings | None = None,
     ) -> None:
         self.name = "kvcm"
         self.section = section
@@ -394,6 +398,7 @@ class KvcmStore:
             backend_factory=backend,
             events=self.events,
             reclaimer=ReclaimerConfig(interval_s=section.reclaimer_interval_s),
+            storage_probe=probe,
         )
         mgr = self.manager
         for storage in section.storages:
@@ -447,6 +452,30 @@ class KvcmStore:
         self.refusals: dict[str, int] = {}
         self.finish_failures = 0
         self.reclaimed_locations = 0
+        self._down: set[str] = set()  # storages in a scripted outage
+        self.faulted = False  # a fault was ever scheduled (its totals are then reported)
+        self.failed_read_pages = 0
+        self.failed_queries = 0
+        self.health_changes = 0
+
+    def storage_names(self) -> tuple[str, ...]:
+        """The names of the ``kvcm:`` storages."""
+        return tuple(s.name for s in self.section.storages)
+
+    def tier_of_storage(self, name: str) -> StorageTier:
+        """The tier of storage ``name``."""
+        return self._tiers[name]
+
+    def set_down(self, name: str, down: bool, now: float) -> None:
+        """Begin or end an outage of storage ``name``: its simulated backend fails creates and probes
+        (the manager notices at its next probe); reads of its pages fail meanwhile."""
+        backend = self.manager.backend(name)
+        assert isinstance(backend, SimulatedBackend)
+        backend.set_down(down)
+        if down:
+            self._down.add(name)
+        else:
+            self._down.discard(name)
 
     def _tier_of(self, location: Any) -> StorageTier:
         tier = self._type_tier.get(location.type)
@@ -457,19 +486,34 @@ class KvcmStore:
     def query(self, keys: np.ndarray, skip_pages: int, now: float) -> TierRuns:
         """``GetCacheLocation`` prefix match of ``keys`` with the first ``skip_pages`` masked off."""
         self.clock.set(now)
-        result = self.manager.get_cache_location(
-            GetCacheLocationRequest(
-                instance_id=self.instance_id,
-                query_type=QueryType.QT_PREFIX_MATCH,
-                block_keys=keys,
-                block_mask=BlockMask(offset=skip_pages) if skip_pages else None,
+        try:
+            result = self.manager.get_cache_location(
+                GetCacheLocationRequest(
+                    instance_id=self.instance_id,
+                    query_type=QueryType.QT_PREFIX_MATCH,
+                    block_keys=keys,
+                    block_mask=BlockMask(offset=skip_pages) if skip_pages else None,
+                )
             )
-        )
+        except CacheError:
+            # Every storage of the group is unavailable (an outage): the engine sees a miss.
+            self.queries += 1
+            self.query_pages += len(keys) - skip_pages
+            self.failed_queries += 1
+            return []
+        locations = result.locations
+        if self._down:
+            # The client's read of a page on a storage that is down fails: the prefetch ends there.
+            for index, location in enumerate(locations):
+                if parse_uri(location.location_specs[0].uri)[1] in self._down:
+                    self.failed_read_pages += len(locations) - index
+                    locations = locations[:index]
+                    break
         self.queries += 1
         self.query_pages += len(keys) - skip_pages
-        self.hit_pages += len(result.locations)
+        self.hit_pages += len(locations)
         runs: TierRuns = []
-        for location in result.locations:
+        for location in locations:
             tier = self._tier_of(location)
             if runs and runs[-1][0] is tier:
                 runs[-1] = (tier, runs[-1][1] + 1)
@@ -520,7 +564,9 @@ class KvcmStore:
     def poll(self, now: float) -> None:
         """Let KVCM expire sessions, reclaim and delete what is due by ``now``."""
         self.clock.set(max(now, self.clock.now()))
-        self.reclaimed_locations += self.manager.poll(self.clock.now()).reclaimed_locations
+        result = self.manager.poll(self.clock.now())
+        self.reclaimed_locations += result.reclaimed_locations
+        self.health_changes += result.storage_health_changes
 
     def close(self) -> None:
         """Flush the event log to its sink and close it."""
@@ -538,6 +584,17 @@ class KvcmStore:
             "kvcm_refusals": refused,
             "kvcm_expired_writes": self.finish_failures,
             "kvcm_events": self.events.published,
+            **self._fault_metrics(),
+        }
+
+    def _fault_metrics(self) -> dict[str, object]:
+        """Totals of scripted faults (only in runs that have some)."""
+        if not self.faulted:
+            return {}
+        return {
+            "l3_failed_read_blocks": self.failed_read_pages,
+            "kvcm_failed_queries": self.failed_queries,
+            "kvcm_storage_health_changes": self.health_changes,
         }
 
 
@@ -609,6 +666,27 @@ class SharedKvcmView:
         """The shared manager's next deadline."""
         return self.store.next_deadline()
 
+    @property
+    def faulted(self) -> bool:
+        """Whether the shared store has scripted faults."""
+        return self.store.faulted
+
+    @faulted.setter
+    def faulted(self, value: bool) -> None:
+        self.store.faulted = self.store.faulted or value
+
+    def storage_names(self) -> tuple[str, ...]:
+        """The shared store's storages."""
+        return self.store.storage_names()
+
+    def tier_of_storage(self, name: str) -> StorageTier:
+        """The tier of a shared storage."""
+        return self.store.tier_of_storage(name)
+
+    def set_down(self, name: str, down: bool, now: float) -> None:
+        """A scripted outage of a shared storage (every engine schedules it; repeats change nothing)."""
+        self.store.set_down(name, down, self._at(now))
+
     def poll(self, now: float) -> None:
         """Let the shared manager act on what is due (it never moves its clock back)."""
         self.store.poll(now)
@@ -630,6 +708,8 @@ class SharedKvcmView:
             "kvcm_expired_writes": self.finish_failures,
             "kvcm_events": self.store.events.published if self.owner else 0,
             "kvcm_late_calls": self.late_calls,
+            # Manager-wide, like the reclaimed blocks: the owner's figures, zeros elsewhere.
+            **{k: (v if self.owner else 0) for k, v in self.store._fault_metrics().items()},
         }
 
 

@@ -57,6 +57,7 @@ import numpy as np
 
 from kvsim.cache.radix import RadixNode
 from kvsim.engines.sglang.config import HiCacheSettings, StorageSettings
+from kvsim.engines.sglang.faults import FaultPlan
 from kvsim.engines.sglang.hicache import HiCacheKVPool, TransferModel
 from kvsim.engines.sglang.page_keys import PageKeyCache
 from kvsim.engines.sglang.storage_io import Transfer, TransferIO
@@ -140,6 +141,7 @@ class L3Store(Protocol):
     query_latency_s: float  # from asking which pages are held to the answer
     write_latency_s: float  # from asking to write to the first byte moving
     poll_interval_s: float  # how often the store's background work runs (inf: never)
+    faulted: bool  # a scripted fault was scheduled (the store then reports its fault totals)
 
     def query(self, keys: np.ndarray, skip_pages: int, now: float) -> TierRuns:
         """Pages held from ``keys[skip_pages]`` on (a prefix), as runs of the tier each comes from."""
@@ -169,6 +171,18 @@ class L3Store(Protocol):
         """Run totals for ``metrics.json``."""
         ...
 
+    def storage_names(self) -> tuple[str, ...]:
+        """The storages a fault may name (KVCM storages, or a plain store's tier)."""
+        ...
+
+    def tier_of_storage(self, name: str) -> StorageTier:
+        """The tier behind storage ``name``."""
+        ...
+
+    def set_down(self, name: str, down: bool, now: float) -> None:
+        """A scripted outage of storage ``name`` begins (``down``) or ends at ``now``."""
+        ...
+
 
 class PlainStore:
     """SGLang's ``file`` or ``mooncake`` storage backend: a set of page keys on one tier, no KVCM.
@@ -195,9 +209,30 @@ class PlainStore:
         self.written_pages = 0
         self.refused_pages = 0
         self.evicted_pages = 0
+        self.down = False  # a scripted outage: queries miss, writes are refused
+        self.faulted = False  # a fault was ever scheduled (its totals are then reported)
+        self.down_queries = 0
+
+    def storage_names(self) -> tuple[str, ...]:
+        """The tier's name: the one storage a fault may name."""
+        return (self.tier.name,)
+
+    def tier_of_storage(self, name: str) -> StorageTier:
+        """The store's tier."""
+        return self.tier
+
+    def set_down(self, name: str, down: bool, now: float) -> None:
+        """Begin or end an outage: while down, every query misses and every write is refused."""
+        self.down = down
 
     def query(self, keys: np.ndarray, skip_pages: int, now: float) -> TierRuns:
-        """The leading pages of ``keys[skip_pages:]`` the store holds (refreshed as used)."""
+        """The leading pages of ``keys[skip_pages:]`` the store holds (refreshed as used); nothing while
+        the store is down."""
+        if self.down:
+            self.queries += 1
+            self.query_pages += len(keys) - skip_pages
+            self.down_queries += 1
+            return []
         pages = self._pages
         hit = 0
         for key in keys[skip_pages:].tolist():
@@ -212,7 +247,11 @@ class PlainStore:
         return [(self.tier, hit)] if hit else []
 
     def start_write(self, keys: np.ndarray, now: float) -> WriteTicket:
-        """The pages of ``keys`` not stored yet move; the store checks room when they land."""
+        """The pages of ``keys`` not stored yet move; the store checks room when they land. A store that
+        is down refuses them all."""
+        if self.down:
+            self.refused_pages += len(keys)
+            return WriteTicket(0, None, len(keys), None)
         new = [k for k in keys.tolist() if k not in self._pages]
         return WriteTicket(len(new), self.tier if new else None, 0, new)
 
@@ -253,6 +292,7 @@ class PlainStore:
             "l3_hit_blocks": self.hit_pages,
             "l3_stored_blocks": len(self._pages),
             "l3_evicted_blocks": self.evicted_pages,
+            **({"l3_queries_while_down": self.down_queries} if self.faulted else {}),
         }
 
 
@@ -390,6 +430,22 @@ class L3Controller:
     def attach(self, pool: L3KVPool) -> None:
         """Bind the HiCache pool whose host tier the prefetches fill."""
         self.pool = pool
+
+    def schedule_faults(self, plan: FaultPlan) -> None:
+        """Turn each scripted fault into timed actions at its start and end (see
+        :mod:`kvsim.engines.sglang.faults`)."""
+        self.store.faulted = bool(plan.events)
+        for fault in plan.events:
+            if fault.kind == "unavailable":
+                self._push_timed(fault.start_s, partial(self.store.set_down, fault.storage, True))
+                self._push_timed(fault.end_s, partial(self.store.set_down, fault.storage, False))
+            else:
+                tier = self.store.tier_of_storage(fault.storage).name
+                self._push_timed(fault.start_s, partial(self._scale, tier, fault.bandwidth_factor))
+                self._push_timed(fault.end_s, partial(self._scale, tier, 1.0))
+
+    def _scale(self, tier_name: str, factor: float, now: float) -> None:
+        self.io.scale_bandwidth(tier_name, factor)
 
     # ---- time ------------------------------------------------------------------------------------------
     def _push_timed(self, when: float, action: Callable[[float], None]) -> None:

@@ -11,6 +11,7 @@ channel or finishes, :meth:`TransferIO.step` moves time there and returns the tr
 and :meth:`TransferIO.advance` moves the fluid state to a time before the next event. Callers (the L3
 controller) interleave these steps with their own timed events so that everything happens in time
 order. The work per step is proportional to the transfers in flight, never to the time elapsed.
+A scripted slowdown (:meth:`TransferIO.scale_bandwidth`) changes a tier's rate from the current time on.
 
 A fleet with shared tiers (``cluster.shared_tiers``) gives every engine's L3 controller one
 ``TransferIO(track_owners=True)``: a tier's bandwidth is then shared by every transfer of every engine
@@ -47,6 +48,7 @@ class Transfer:
 @dataclass(slots=True)
 class _Channel:
     bandwidth: float
+    base_bandwidth: float
     last_s: float = 0.0
     transfers: list[Transfer] = field(default_factory=list)
     busy_s: float = 0.0
@@ -94,6 +96,8 @@ class TransferIO:
         self._seq = 0
         self._now = 0.0
         self.track_owners = track_owners
+        # tier name -> bandwidth multiplier of a scripted slowdown (kvsim.engines.sglang.faults)
+        self._factors: dict[str, float] = {}
         #: called after a transfer is cancelled: the others on its channel now move faster, so engines
         #: waiting on them may have to wake earlier than they planned (set by a shared group)
         self.on_cancel: Callable[[], None] | None = None
@@ -103,7 +107,7 @@ class TransferIO:
         key = (tier.name, direction)
         if key not in self._channels:
             bandwidth = tier.read_bandwidth if direction == "read" else tier.write_bandwidth
-            channel = _Channel(bandwidth, self._now)
+            channel = _Channel(bandwidth * self._factors.get(tier.name, 1.0), bandwidth, self._now)
             if self.track_owners:
                 channel.owner_bytes, channel.owner_busy_s = {}, {}
             self._channels[key] = channel
@@ -126,6 +130,17 @@ class TransferIO:
         transfer = Transfer(key, float(nbytes), on_done, float(nbytes), self._seq, now, owner=owner)
         heapq.heappush(self._joining, (now + latency, self._seq, transfer))
         return transfer
+
+    def scale_bandwidth(self, tier_name: str, factor: float) -> None:
+        """From now on, ``tier_name``'s read and write bandwidth is ``factor`` times the tier's (1.0:
+        back to normal). Transfers in flight keep what they moved so far and go on at the new rate."""
+        if not factor > 0:
+            raise ValueError(f"factor: must be > 0, got {factor}")
+        self._factors[tier_name] = factor
+        for (name, _), channel in self._channels.items():
+            if name == tier_name:
+                channel.advance(self._now)
+                channel.bandwidth = channel.base_bandwidth * factor
 
     def cancel(self, transfer: Transfer) -> None:
         """Stop a transfer: it gives its bandwidth share back and ``on_done`` is never called."""
