@@ -10,6 +10,8 @@ see :mod:`kvsim.cache.backends.layout`), and the file behind a URI is its path o
   block of a packed file keeps its neighbours readable (kvsim fix: the reference never deletes files).
   Live counts are rebuilt from the meta index by :meth:`FileBackend.restore` whenever the manager opens
   the backend, so they survive restarts and reopenings without being stored twice.
+* ``create`` refuses to work when the root has gone (it never makes the root again: files written into
+  the mountpoint of a vanished mount would land on the wrong disk).
 * ``probe`` checks the root (exists, writable), reads the filesystem's size and free space
   (``os.statvfs``, the figures ``df`` shows) and times a small write/fsync/read/delete round trip of a
   probe file named after the process, so several servers on one NFS root never collide.
@@ -130,6 +132,10 @@ class FileLikeBackend(StorageBackend):
         files = [(file_path(self._spec, name), batch) for name, batch in packed_files(keys, self._per_file)]
         created: list[str] = []
         if self.file_io:
+            if not os.path.isdir(self.root):
+                # Never make the root again: a mount that went away leaves an empty mountpoint (or
+                # nothing), and files made there would land on the wrong disk.
+                raise BackendError(f"storage {self.name!r}: root {self.root!r} does not exist (unmounted?)")
             try:
                 for path, batch in files:
                     if self._make_file(path, len(batch) * size_per_key):
