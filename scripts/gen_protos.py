@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTO_DIR = ROOT / "kvsim" / "serve" / "proto"
-PROTOS = ("meta_service.proto", "admin_service.proto", "debug_service.proto")
+PROTOS = ("meta_service.proto", "admin_service.proto", "debug_service.proto", "kv_meta_service.proto")
 HEADER = "# ruff: noqa\n# fmt: off\n"
 _METHOD_PATH = re.compile(r"'/([\w.]+)/(\w+)'")
 

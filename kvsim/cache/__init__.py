@@ -2,8 +2,9 @@
 
 Block keys (:func:`block_keys`), the shared radix tree (:class:`RadixTree`), the KVCM domain model
 (:mod:`kvsim.cache.types`), stores for the registry and meta index (:mod:`kvsim.cache.store`), storage
-backends (:mod:`kvsim.cache.backends`) and the :class:`CacheManager` that serves every meta and admin
-operation. Used in process by the simulator and behind gRPC/HTTP by ``kvsim.serve``.
+backends (:mod:`kvsim.cache.backends`), the :class:`CacheManager` that serves every meta and admin
+operation, and the string-key KV meta API over it (:class:`KvMetaManager`). Used in process by the
+simulator and behind gRPC/HTTP by ``kvsim.serve``.
 
 Only ``kvsim.core``, numpy and the standard library are imported here (never simpy, grpc, the wall clock
 or global random state); the optimizer sub-package is not imported.
@@ -14,6 +15,23 @@ from kvsim.cache.backends.base import parse_uri
 from kvsim.cache.defaults import default_instance_group, default_startup_config, default_storage_config
 from kvsim.cache.errors import CacheError, ErrorCode
 from kvsim.cache.keys import block_keys, chained_keys, storage_key
+from kvsim.cache.kv_meta import (
+    KeyMask,
+    KvGetInstanceInfoRequest,
+    KvGetInstanceInfoResult,
+    KvGetRequest,
+    KvGetResult,
+    KvInstanceInfo,
+    KvMetaManager,
+    KvPutFinishRequest,
+    KvPutStartRequest,
+    KvPutStartResult,
+    KvQueryType,
+    KvRegisterInstanceRequest,
+    KvRemoveRequest,
+    KvTrimRequest,
+    string_key,
+)
 from kvsim.cache.manager import CacheManager
 from kvsim.cache.radix import (
     EvictionPolicy,
@@ -106,6 +124,20 @@ __all__ = [
     "InstanceGroup",
     "InstanceGroupQuota",
     "InstanceInfo",
+    "KeyMask",
+    "KvGetInstanceInfoRequest",
+    "KvGetInstanceInfoResult",
+    "KvGetRequest",
+    "KvGetResult",
+    "KvInstanceInfo",
+    "KvMetaManager",
+    "KvPutFinishRequest",
+    "KvPutStartRequest",
+    "KvPutStartResult",
+    "KvQueryType",
+    "KvRegisterInstanceRequest",
+    "KvRemoveRequest",
+    "KvTrimRequest",
     "LFUPolicy",
     "LRUPolicy",
     "LocationSpec",
@@ -154,4 +186,5 @@ __all__ = [
     "register_eviction_policy",
     "simulated_backend_factory",
     "storage_key",
+    "string_key",
 ]

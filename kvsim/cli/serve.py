@@ -35,6 +35,11 @@ _FLAG_FIELDS = (
     "admin_token",
     "tls_cert",
     "tls_key",
+    "kv_rpc_port",
+    "kv_http_port",
+    "kv_value_size_bytes",
+    "storage_probe_period_s",
+    "storage_high_water",
 )
 
 
@@ -84,6 +89,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--tls-cert", help="PEM certificate chain: serve gRPC and HTTP over TLS")
     parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    parser.add_argument(
+        "--kv-rpc-port", type=int, help="string-key KV meta API gRPC port (default: off; 0: any free port)"
+    )
+    parser.add_argument(
+        "--kv-http-port", type=int, help="string-key KV meta API HTTP port (default: off; 0: any free port)"
+    )
+    parser.add_argument(
+        "--kv-value-size-bytes",
+        type=int,
+        help="bytes per value of a KV instance whose user_data names no value_size_bytes (default 1 MiB)",
+    )
+    parser.add_argument(
+        "--storage-probe-period-s",
+        type=float,
+        help="probe every storage this often (default 5; 0: never); see kvsim.storage_* for the rest",
+    )
+    parser.add_argument(
+        "--storage-high-water",
+        type=float,
+        help="usage ratio at which writes skip a storage (default 0.95)",
+    )
     parser.add_argument(
         "--check",
         action="store_true",

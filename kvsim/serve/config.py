@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from kvsim.cache.errors import CacheError
+from kvsim.cache.health import ProbeSettings
 from kvsim.core import ConfigError
 
 logger = logging.getLogger("kvsim.serve")
@@ -64,6 +66,18 @@ class ServeSettings:
     max_keys_per_request: int = 1_000_000
     max_concurrent_streams: int = 100
     max_in_flight: int = 1024
+    # Storage status (kvsim.cache.health): probe period (0: no probing), hysteresis, water levels.
+    storage_probe_period_s: float = 5.0
+    storage_probe_timeout_s: float = 2.0
+    storage_fail_after: int = 1
+    storage_recover_after: int = 3
+    storage_high_water: float = 0.95
+    storage_reclaim_water: float = 0.90
+    # The string-key KV meta service (kvsim.cache.kv_meta): its ports (None: not served; 0: any free
+    # port) and the bytes per value of an instance whose user_data names none.
+    kv_rpc_port: int | None = None
+    kv_http_port: int | None = None
+    kv_value_size_bytes: int = 1 << 20
 
     @property
     def debug_http_port(self) -> int:
@@ -85,6 +99,11 @@ def _port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise ValueError(f"{value} is not a port (0..65535; 0 means any free port)")
     return value
+
+
+def _optional_port(text: str) -> int | None:
+    """A port, or None (the listener is off) for an empty value."""
+    return _port(text) if text.strip() else None
 
 
 def _bool(text: str) -> bool:
@@ -138,6 +157,20 @@ def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise ValueError(f"must be >= 0, got {text}")
+    return value
+
+
+def _non_negative_ms(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"must be a finite number >= 0, got {text}")
+    return value / 1000.0
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise ValueError(f"must be a fraction in (0, 1], got {text}")
     return value
 
 
@@ -205,6 +238,50 @@ SETTINGS: tuple[Setting, ...] = (
         "gRPC calls at once on one connection (HTTP/2 setting)",
     ),
     Setting("kvsim.max_in_flight", "max_in_flight", _positive_int, "requests handled at once per listener"),
+    Setting("kvsim.kv_rpc_port", "kv_rpc_port", _optional_port, "KV meta gRPC port (unset: off)"),
+    Setting("kvsim.kv_http_port", "kv_http_port", _optional_port, "KV meta HTTP port (unset: off)"),
+    Setting(
+        "kvsim.kv_value_size_bytes",
+        "kv_value_size_bytes",
+        _positive_int,
+        "bytes per value of a KV instance whose user_data names no value_size_bytes",
+    ),
+    Setting(
+        "kvsim.storage_probe_period_ms",
+        "storage_probe_period_s",
+        _non_negative_ms,
+        "probe every storage this often (0: never; health and usage then come from accounting only)",
+    ),
+    Setting(
+        "kvsim.storage_probe_timeout_ms",
+        "storage_probe_timeout_s",
+        _positive_ms,
+        "a probe that takes longer has failed",
+    ),
+    Setting(
+        "kvsim.storage_fail_after",
+        "storage_fail_after",
+        _positive_int,
+        "failed probes that take a storage out",
+    ),
+    Setting(
+        "kvsim.storage_recover_after",
+        "storage_recover_after",
+        _positive_int,
+        "good probes that bring a storage back",
+    ),
+    Setting(
+        "kvsim.storage_high_water",
+        "storage_high_water",
+        _fraction,
+        "usage ratio at which writes skip a storage",
+    ),
+    Setting(
+        "kvsim.storage_reclaim_water",
+        "storage_reclaim_water",
+        _fraction,
+        "usage ratio above which blocks on a storage are reclaimed",
+    ),
 )
 SETTINGS_BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
 
@@ -294,17 +371,34 @@ def resolve_settings(
     return settings
 
 
+def probe_settings(settings: ServeSettings) -> ProbeSettings | None:
+    """The cache's storage-probe settings (None when ``storage_probe_period_s`` is 0: no probing).
+
+    Raises:
+        CacheError: INVALID_ARGUMENT for an out-of-range value (:func:`check` turns it into a ConfigError).
+    """
+    if not settings.storage_probe_period_s:
+        return None
+    return ProbeSettings(
+        period_s=settings.storage_probe_period_s,
+        fail_after=settings.storage_fail_after,
+        recover_after=settings.storage_recover_after,
+        high_water=settings.storage_high_water,
+        reclaim_water=settings.storage_reclaim_water,
+    )
+
+
 def check(settings: ServeSettings) -> None:
     """Refuse port layouts that cannot work.
 
     Raises:
-        ConfigError: two HTTP servers or a gRPC and an HTTP server on one non-zero port; a TLS
-            certificate without its key or the reverse.
+        ConfigError: a port out of range; two HTTP servers or a gRPC and an HTTP server on one non-zero
+            port; a TLS certificate without its key or the reverse; a KV value size <= 0.
     """
     # Flags arrive as ints without the file/environment parsers, so the range is checked here for all.
-    for name in ("rpc_port", "http_port", "admin_rpc_port", "admin_http_port"):
+    for name in ("rpc_port", "http_port", "admin_rpc_port", "admin_http_port", "kv_rpc_port", "kv_http_port"):
         port = getattr(settings, name)
-        if not 0 <= port <= 65535:
+        if port is not None and not 0 <= port <= 65535:
             raise ConfigError(f"{name} {port} is not a port (0..65535; 0 means any free port)")
     ports: dict[int, str] = {}
     named = [
@@ -316,13 +410,25 @@ def check(settings: ServeSettings) -> None:
         named.append(("admin_rpc_port", settings.admin_rpc_port))
     if settings.enable_debug_service and settings.http_port:
         named.append(("debug http port (http_port + 3000)", settings.debug_http_port))
+    named.extend((name, getattr(settings, name)) for name in ("kv_rpc_port", "kv_http_port"))
     for name, port in named:
         if port and port in ports:
             raise ConfigError(f"{name} {port} is already used by {ports[port]}")
         if port:
             ports[port] = name
+    if not settings.kv_value_size_bytes > 0:
+        raise ConfigError(f"kv_value_size_bytes: must be > 0, got {settings.kv_value_size_bytes}")
     if settings.enable_debug_service and settings.debug_http_port > 65535:
         raise ConfigError(f"http_port {settings.http_port}: the debug port http_port + 3000 is past 65535")
+    if settings.storage_probe_period_s:
+        try:
+            probe_settings(settings)
+        except CacheError as exc:
+            raise ConfigError(exc.message) from None
+    elif settings.storage_probe_period_s < 0:
+        raise ConfigError(f"storage_probe_period_s: must be >= 0, got {settings.storage_probe_period_s:g}")
+    if not settings.storage_probe_timeout_s > 0:
+        raise ConfigError(f"storage_probe_timeout_s: must be > 0, got {settings.storage_probe_timeout_s:g}")
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ConfigError("--tls-cert and --tls-key go together: give both files or neither")
     if settings.loop_interval_s * 4 > settings.lease_s:

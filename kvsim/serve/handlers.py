@@ -5,7 +5,9 @@ Handlers hold no cache logic and never build a status: a failure is a ``CacheErr
 RPCs and the four admin RPCs that share them are generic: request message -> request dataclass ->
 ``cache.<method>(request)`` -> result dataclass -> response fields, matched by name. Results the
 reference's responses have no field for (FinishWriteCache, RemoveCache, TrimCache and RemoveInstance
-counts) go to the ``kvsim_counts`` extension field.
+counts) go to the ``kvsim_counts`` extension field. The string-key KV service works the same way over
+:class:`kvsim.cache.kv_meta.KvMetaManager` (``svc.kv_meta()``), whose request and result types follow
+``kv_meta_service.proto`` field by field.
 
 :func:`routes` checks that every method of every service has exactly one handler, so a proto change
 without a handler fails at start-up (and in the tests), not at the first call.
@@ -24,6 +26,13 @@ from kvsim.cache import (
     GetCacheMetaRequest,
     GetInstanceInfoRequest,
     InstanceGroup,
+    KvGetInstanceInfoRequest,
+    KvGetRequest,
+    KvPutFinishRequest,
+    KvPutStartRequest,
+    KvRegisterInstanceRequest,
+    KvRemoveRequest,
+    KvTrimRequest,
     RegisterInstanceRequest,
     RemoveCacheRequest,
     StartWriteCacheRequest,
@@ -31,7 +40,7 @@ from kvsim.cache import (
     TrimCacheRequest,
 )
 from kvsim.cache.errors import invalid
-from kvsim.serve.catalog import SERVICE_KINDS, ServiceKind, rpcs
+from kvsim.serve.catalog import ALL_SERVICE_KINDS, ServiceKind, rpcs
 from kvsim.serve.convert import fill_message, from_message
 from kvsim.serve.prometheus import collect
 from kvsim.serve.service import FAULTABLE_APIS, Fault, Handler, Route
@@ -349,6 +358,40 @@ _register("debug", "RemoveFault", _remove_fault)
 _register("debug", "ClearFaults", _clear_faults, "Clear faults successfully")
 
 
+# ---------------------------------------------------------------------------------------------- kv_meta
+
+
+def _kv_call(method: str, request_type: type, counts: bool = False) -> Handler:
+    """A handler that converts the request to ``request_type``, calls ``svc.kv_meta().<method>`` and
+    copies the result into the response (or into its ``kvsim_counts`` extension)."""
+
+    def handler(svc: KvcmService, request: Any, response: Any) -> None:
+        result = getattr(svc.kv_meta(), method)(from_message(request, request_type))
+        fill_message(result, response.kvsim_counts if counts else response)
+
+    handler.__name__ = f"kv_{method}"
+    return handler
+
+
+_register(
+    "kv_meta",
+    "RegisterInstance",
+    _kv_call("register_instance", KvRegisterInstanceRequest),
+    "Instance registered successfully",
+)
+_register("kv_meta", "GetInstanceInfo", _kv_call("get_instance_info", KvGetInstanceInfoRequest))
+_register("kv_meta", "Get", _kv_call("get", KvGetRequest), "Values located successfully")
+_register("kv_meta", "PutStart", _kv_call("put_start", KvPutStartRequest), "Put session started successfully")
+_register(
+    "kv_meta",
+    "PutFinish",
+    _kv_call("put_finish", KvPutFinishRequest, counts=True),
+    "Put session finished successfully",
+)
+_register("kv_meta", "Remove", _kv_call("remove", KvRemoveRequest, counts=True), "Keys removed successfully")
+_register("kv_meta", "Trim", _kv_call("trim", KvTrimRequest, counts=True), "Instance trimmed successfully")
+
+
 def routes() -> dict[ServiceKind, dict[str, Route]]:
     """Every RPC of every service with its handler.
 
@@ -356,7 +399,7 @@ def routes() -> dict[ServiceKind, dict[str, Route]]:
         RuntimeError: a method of the protos has no handler, or a handler names no method.
     """
     out: dict[ServiceKind, dict[str, Route]] = {}
-    for kind in SERVICE_KINDS:
+    for kind in ALL_SERVICE_KINDS:
         infos = rpcs(kind)
         missing = [name for name in infos if (kind, name) not in _TABLE]
         if missing:

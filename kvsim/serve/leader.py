@@ -70,8 +70,9 @@ LEADER_FREE_ADMIN_RPCS = frozenset(
 
 
 def leader_only(kind: str, name: str) -> bool:
-    """Whether RPC ``name`` of service ``kind`` is answered only by the leader (else SERVER_NOT_LEADER)."""
-    if kind == "meta":
+    """Whether RPC ``name`` of service ``kind`` is answered only by the leader (else SERVER_NOT_LEADER).
+    Every RPC of the string-key KV service is, like the meta RPCs it maps onto."""
+    if kind in ("meta", "kv_meta"):
         return True
     return kind == "admin" and name not in LEADER_FREE_ADMIN_RPCS
 

@@ -8,6 +8,7 @@ service            gRPC                   HTTP
 MetaService        ``rpc_port``           ``http_port``
 AdminService       ``admin_rpc_port``     ``admin_http_port``
 DebugService       the admin gRPC server  ``http_port + 3000`` (only with the debug service on)
+KV MetaService     ``kv_rpc_port``        ``kv_http_port`` (each only when set; kvsim extension)
 =================  =====================  ====================================================
 
 As in the reference, an ``admin_rpc_port`` of 0 or equal to ``rpc_port`` puts the admin (and debug)
@@ -18,9 +19,9 @@ out deletions. :meth:`KvcmServer.stop` stops accepting on every listener, then l
 finish within the grace period.
 
 Every listener applies the settings' security and limits: the admin token on the admin and debug
-services (:mod:`~kvsim.serve.auth`), TLS (:mod:`~kvsim.serve.tls`) and the request limits
-(:mod:`~kvsim.serve.limits`); the admin HTTP listener also serves ``GET /metrics``
-(:mod:`~kvsim.serve.prometheus`).
+services (:mod:`~kvsim.serve.auth`; never on the meta and KV services, which engines call), TLS
+(:mod:`~kvsim.serve.tls`) and the request limits (:mod:`~kvsim.serve.limits`); the admin HTTP listener
+also serves ``GET /metrics`` (:mod:`~kvsim.serve.prometheus`).
 """
 
 from __future__ import annotations
@@ -52,10 +53,11 @@ from kvsim.core import Clock, ConfigError, UserInputError, WallClock, make_rng
 from kvsim.serve.accesslog import AccessLog
 from kvsim.serve.auth import TokenGuard, exposure_warnings, guard_grpc, secure_app
 from kvsim.serve.catalog import full_service_name
-from kvsim.serve.config import ServeSettings
+from kvsim.serve.config import ServeSettings, probe_settings
 from kvsim.serve.grpc_server import bind, method_handlers, new_server
 from kvsim.serve.http_server import build_app
 from kvsim.serve.limits import RequestLimits, grpc_server_options, limit_app
+from kvsim.serve.probes import DeadlineProber
 from kvsim.serve.prometheus import add_metrics_route
 from kvsim.serve.service import KvcmService
 from kvsim.serve.startup import default_serve_startup, load_startup_config
@@ -79,6 +81,8 @@ class Endpoints:
     admin_rpc_port: int
     admin_http_port: int
     debug_http_port: int | None
+    kv_rpc_port: int | None = None
+    kv_http_port: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of the fields."""
@@ -116,6 +120,7 @@ class KvcmServer:
         self.guard = TokenGuard(settings.admin_token, counts=service.metrics.refused)
         self.tls: ServerTls | None = None
         service.limits = RequestLimits(settings.max_keys_per_request)
+        service.kv_value_size_bytes = settings.kv_value_size_bytes
 
     async def start(self) -> Endpoints:
         """Bind every listener and start the poll task.
@@ -148,6 +153,16 @@ class KvcmServer:
             admin_rpc_port = (
                 rpc_port if admin_rpc is meta_rpc else bind(admin_rpc, s.host, s.admin_rpc_port, credentials)
             )
+            kv_rpc_port = kv_http_port = None
+            if s.kv_rpc_port is not None:
+                # Its own ports (COMPAT.md): its HTTP paths (/api/registerInstance, ...) would clash with
+                # the meta service's, and its gRPC listener follows the same switch.
+                kv_rpc = self._new_grpc_server()
+                self._grpc.append(kv_rpc)
+                kv_rpc.add_registered_method_handlers(
+                    full_service_name("kv_meta"), method_handlers(self.service, "kv_meta", self.access)
+                )
+                kv_rpc_port = bind(kv_rpc, s.host, s.kv_rpc_port, credentials)
             for server in self._grpc:
                 await server.start()
             http_port = await self._serve_http("meta", s.http_port)
@@ -155,10 +170,21 @@ class KvcmServer:
             debug_port = None
             if s.enable_debug_service:
                 debug_port = await self._serve_http("debug", http_port + 3000 if s.http_port else 0)
+            if s.kv_http_port is not None:
+                kv_http_port = await self._serve_http("kv_meta", s.kv_http_port)
         except BaseException:
             await self.stop(grace_s=0)
             raise
-        self.endpoints = Endpoints(s.host, rpc_port, http_port, admin_rpc_port, admin_http_port, debug_port)
+        self.endpoints = Endpoints(
+            s.host,
+            rpc_port,
+            http_port,
+            admin_rpc_port,
+            admin_http_port,
+            debug_port,
+            kv_rpc_port,
+            kv_http_port,
+        )
         if self._background_poll:
             self._poller = asyncio.create_task(self._poll_loop(), name="kvsim-serve-poll")
         return self.endpoints
@@ -175,7 +201,8 @@ class KvcmServer:
         app = build_app(self.service, kind, self.access, self.settings.max_body_bytes)  # type: ignore[arg-type]
         if kind == "admin":
             add_metrics_route(app, self.service)  # Prometheus text, behind the admin token like the rest
-        secure_app(app, kind, self.guard, self.access)  # type: ignore[arg-type]
+        if kind != "kv_meta":  # the KV service is a data-plane API like the meta one: never guarded
+            secure_app(app, kind, self.guard, self.access)  # type: ignore[arg-type]
         limit_app(app, self.settings.max_in_flight)  # outermost: a refusal over the limit costs nothing
         # access_log=None: kvsim writes its own JSON access lines; aiohttp's would duplicate them.
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.settings.shutdown_grace_s)
@@ -272,6 +299,8 @@ def build_cache(
         backend_factory=backend_factory,
         events=events,
         max_keys_per_request=settings.max_keys_per_request,
+        storage_probe=probe_settings(settings),
+        prober=DeadlineProber(settings.storage_probe_timeout_s) if settings.storage_probe_period_s else None,
         # Password salts from the OS, never from the id generator: --seed makes ids reproducible, and
         # reproducible salts would let one precomputed table crack every stored hash.
         salt_source=os.urandom,
@@ -333,14 +362,15 @@ async def serve(settings: ServeSettings, *, on_ready: Callable[[Endpoints], None
         await elector.start()
         (settings.data_dir / PORTS_FILE).write_text(json.dumps(endpoints.as_dict()) + "\n", encoding="utf-8")
         logger.info(
-            "kvsim serve on %s: meta gRPC %d HTTP %d, admin gRPC %d HTTP %d%s; data in %s (meta store: %s); "
-            "node %s is %s",
+            "kvsim serve on %s: meta gRPC %d HTTP %d, admin gRPC %d HTTP %d%s%s; data in %s "
+            "(meta store: %s); node %s is %s",
             endpoints.host,
             endpoints.rpc_port,
             endpoints.http_port,
             endpoints.admin_rpc_port,
             endpoints.admin_http_port,
             f", debug HTTP {endpoints.debug_http_port}" if endpoints.debug_http_port else "",
+            _kv_ports(endpoints),
             settings.data_dir,
             redact(settings.meta_store),
             elector.node_id,
@@ -362,6 +392,16 @@ async def serve(settings: ServeSettings, *, on_ready: Callable[[Endpoints], None
         await server.stop(grace_s=0)  # no-op after a clean stop; closes listeners after a failed start
         await elector.stop()  # idempotent: closes the cache and releases the lock if still held
         access.close()
+
+
+def _kv_ports(endpoints: Endpoints) -> str:
+    """The KV service's listeners for the start-up line ("" when neither is on)."""
+    parts = [
+        f"{transport} {port}"
+        for transport, port in (("gRPC", endpoints.kv_rpc_port), ("HTTP", endpoints.kv_http_port))
+        if port is not None
+    ]
+    return f", KV meta {' '.join(parts)}" if parts else ""
 
 
 # ---------------------------------------------------------------------------------------------- in a thread

@@ -6,14 +6,17 @@ and it is the one place where outcomes become ``header.status``:
 
 * ``CacheError`` keeps its code on the meta service. The admin service folds every code but
   INVALID_ARGUMENT, SERVER_NOT_LEADER and UNSUPPORTED into INTERNAL_ERROR, as the reference does; the
-  debug service folds codes its enum lacks. The message is the error's message ("<field>: <why>").
+  debug service folds codes its enum lacks. The KV service's enum lacks two codes, which become the
+  nearest it has: DUPLICATE_ENTITY -> INVALID_ARGUMENT (the request conflicts with the stored
+  registration) and SERVER_NOT_LEADER -> SERVICE_NOT_READY (this node cannot serve; try the leader). The
+  message is the error's message ("<field>: <why>").
 * Any other exception is a kvsim bug: it is logged with its traceback and answered INTERNAL_ERROR, so
   a bad request can never take the server down.
 
-Meta and admin responses carry ``request_id = "<trace_id>_<now in µs>"``; the debug service sets none,
-as the reference. The service also owns the service-level state the reference keeps next to the cache
-manager: injected faults (debug service), per-API query metrics (GetMetrics), the node id and the leader
-elector's campaign delay.
+Meta, admin and KV responses carry ``request_id = "<trace_id>_<now in µs>"``; the debug service sets
+none, as the reference. The service also owns the service-level state the reference keeps next to the
+cache manager: injected faults (debug service), per-API query metrics (GetMetrics), the node id, the
+leader elector's campaign delay, and the KV layer over the current cache (:meth:`KvcmService.kv_meta`).
 
 Concurrency: every call runs on the event loop's thread, one at a time, so the synchronous
 ``CacheManager`` (which is not thread-safe) needs no lock, and calls keep their arrival order.
@@ -28,7 +31,8 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from kvsim.cache import CacheError, ErrorCode, PollResult
+from kvsim.cache import CacheError, ErrorCode, KvMetaManager, PollResult
+from kvsim.cache.kv_meta import DEFAULT_VALUE_SIZE_BYTES
 from kvsim.core import Clock, PerfTimer, Timer
 from kvsim.serve.catalog import RpcInfo, ServiceKind
 from kvsim.serve.leader import NOT_LEADER_MESSAGE, leader_only
@@ -54,6 +58,11 @@ _DEBUG_CODES = frozenset(
         ErrorCode.UNKNOWN_ERROR,
     }
 )
+#: The kv_meta package's ErrorCode enum lacks these two; each goes to the nearest code it has.
+_KV_META_CODES = {
+    ErrorCode.DUPLICATE_ENTITY: ErrorCode.INVALID_ARGUMENT,
+    ErrorCode.SERVER_NOT_LEADER: ErrorCode.SERVICE_NOT_READY,
+}
 
 #: A handler fills ``response`` from ``request``; it may return a success message that replaces the
 #: RPC's fixed one (the debug service echoes what it injected).
@@ -66,6 +75,8 @@ def wire_code(kind: ServiceKind, code: ErrorCode) -> ErrorCode:
         return ErrorCode.INTERNAL_ERROR
     if kind == "debug" and code not in _DEBUG_CODES:
         return ErrorCode.INTERNAL_ERROR
+    if kind == "kv_meta":
+        return _KV_META_CODES.get(code, code)
     return code
 
 
@@ -169,7 +180,7 @@ class Route:
 
 
 class KvcmService:
-    """The KVCM meta, admin and debug services over one cache.
+    """The KVCM meta, admin and debug services, and the string-key KV service, over one cache.
 
     Args:
         cache: the ``CacheManager`` (or any object with its API) that serves every operation.
@@ -196,6 +207,9 @@ class KvcmService:
         self.elector: Any = None
         #: The per-request list limit (``kvsim.max_keys_per_request``), checked before every handler.
         self.limits = RequestLimits(DEFAULT_MAX_ITEMS)
+        #: Bytes per value of a KV instance whose ``user_data`` names none (``kvsim.kv_value_size_bytes``).
+        self.kv_value_size_bytes = DEFAULT_VALUE_SIZE_BYTES
+        self._kv_meta: KvMetaManager | None = None
         self._routes = routes()
 
     def route(self, kind: ServiceKind, name: str) -> Route:
@@ -205,6 +219,24 @@ class KvcmService:
     def routes(self, kind: ServiceKind) -> dict[str, Route]:
         """Every route of one service by method name."""
         return self._routes[kind]
+
+    def kv_meta(self) -> KvMetaManager:
+        """The KV layer over the current cache. It is rebuilt when the cache is replaced (a promotion,
+        a test swapping caches) or its settings change; its open-session table goes with the cache's
+        sessions."""
+        cache, kv = self.cache, self._kv_meta
+        if (
+            kv is None
+            or kv.cache is not cache
+            or kv.default_value_size_bytes != self.kv_value_size_bytes
+            or kv.max_keys_per_request != self.limits.max_items
+        ):
+            kv = self._kv_meta = KvMetaManager(
+                cache,
+                default_value_size_bytes=self.kv_value_size_bytes,
+                max_keys_per_request=self.limits.max_items,
+            )
+        return kv
 
     def dispatch(self, route: Route, request: Message) -> Message:
         """Serve one decoded request and return the response message (never raises)."""
@@ -234,7 +266,7 @@ class KvcmService:
         header.status.message = message
         if info.kind != "debug":
             header.request_id = f"{trace_id}_{int(self.clock.now() * 1e6)}"
-        self.metrics.record(info.name, code == ErrorCode.OK, self.timer.monotonic() - started)
+        self.metrics.record(info.api_name, code == ErrorCode.OK, self.timer.monotonic() - started)
         return response
 
     def poll(self) -> PollResult:

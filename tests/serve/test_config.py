@@ -3,6 +3,7 @@ the startup configuration (the reference's startup JSON and the built-in default
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import logging
@@ -18,6 +19,7 @@ from kvsim.cache import (
     StorageType,
     default_instance_group,
 )
+from kvsim.cli import serve as serve_cli
 from kvsim.core import ConfigError
 from kvsim.core.env import env_settings
 from kvsim.serve.config import ServeSettings, known_keys, read_config_file, resolve_settings
@@ -109,6 +111,49 @@ def test_config_file_errors(tmp_path: Path) -> None:
         read_config_file(bad)
     with pytest.raises(ConfigError, match="No such file"):
         read_config_file(tmp_path / "missing.conf")
+
+
+def test_kv_meta_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The KV service's ports are off unless set (0: any free port); its value size defaults to 1 MiB."""
+    s = resolve_settings()
+    assert (s.kv_rpc_port, s.kv_http_port, s.kv_value_size_bytes) == (None, None, 1 << 20)
+    conf = tmp_path / "kvcm.conf"
+    conf.write_text("kvsim.kv_rpc_port=0\nkvsim.kv_http_port=7100\nkvsim.kv_value_size_bytes=4096\n")
+    monkeypatch.setenv("KVSIM_KV_HTTP_PORT", "7200")
+    s = resolve_settings(read_config_file(conf), env_settings(known_keys()), {"kv_value_size_bytes": 512})
+    assert (s.kv_rpc_port, s.kv_http_port, s.kv_value_size_bytes) == (0, 7200, 512)
+    assert resolve_settings({"kvsim.kv_rpc_port": ""}).kv_rpc_port is None  # an empty value: off
+
+
+@pytest.mark.parametrize(
+    ("file_values", "flags", "message"),
+    [
+        ({"kvsim.kv_rpc_port": "70000"}, {}, "config file: kvsim.kv_rpc_port='70000': 70000 is not a port"),
+        ({"kvsim.kv_http_port": "x"}, {}, "config file: kvsim.kv_http_port='x': invalid literal"),
+        ({}, {"kv_rpc_port": 70000}, "kv_rpc_port 70000 is not a port (0..65535; 0 means any free port)"),
+        ({}, {"kv_http_port": -1}, "kv_http_port -1 is not a port (0..65535; 0 means any free port)"),
+        ({}, {"kv_rpc_port": 6381}, "kv_rpc_port 6381 is already used by rpc_port"),
+        ({}, {"kv_rpc_port": 7000, "kv_http_port": 7000}, "kv_http_port 7000 is already used by kv_rpc_port"),
+        ({"kvsim.kv_value_size_bytes": "0"}, {}, "kvsim.kv_value_size_bytes='0': must be > 0, got 0"),
+        ({}, {"kv_value_size_bytes": 0}, "kv_value_size_bytes: must be > 0, got 0"),
+    ],
+)
+def test_bad_kv_meta_settings(file_values: dict[str, str], flags: dict[str, int], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        resolve_settings(file_values, {}, flags)
+    assert message in str(err.value)
+
+
+def test_kv_flags_reach_the_settings_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``kvsim serve --kv-rpc-port 70000`` stops with the settings' one-line error before serving."""
+    parser = argparse.ArgumentParser()
+    serve_cli.add_arguments(parser)
+    args = parser.parse_args(["--kv-rpc-port", "70000", "--kv-http-port", "0", "--kv-value-size-bytes", "64"])
+    assert (args.kv_rpc_port, args.kv_http_port, args.kv_value_size_bytes) == (70000, 0, 64)
+    with pytest.raises(
+        ConfigError, match=r"^kv_rpc_port 70000 is not a port \(0..65535; 0 means any free port\)$"
+    ):
+        serve_cli.run(args)
 
 
 def test_admin_rpc_port_zero_or_equal_shares_the_meta_server() -> None:

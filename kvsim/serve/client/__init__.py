@@ -13,6 +13,10 @@ service, whose codes are the manager's; admin-only calls get the admin service's
 manager already uses for them). The counts of ``finish_write_cache``, ``remove_cache``, ``trim_cache``
 and ``remove_instance`` come from kvsim's ``kvsim_counts`` extension field.
 
+The string-key KV meta service (``kvsim serve --kv-rpc-port/--kv-http-port``) is reached through
+:attr:`CacheClient.kv`, which has :class:`kvsim.cache.KvMetaManager`'s API; give the client the KV port
+(``kv_rpc_port`` or ``kv_http_port``) to use it.
+
 Not available remotely: ``poll`` and the introspection helpers (the server polls by itself),
 ``verify_account`` and ``apply_startup_config`` (no RPC). The service's own RPCs (health, metrics,
 leader elector, logger, fault injection) are extra methods returning the response message.
@@ -56,6 +60,7 @@ from kvsim.cache import (
     TrimCacheResult,
 )
 from kvsim.serve.catalog import ServiceKind, rpc
+from kvsim.serve.client.kv_meta import KvMetaClient
 from kvsim.serve.client.transport import (
     GrpcTransport,
     HttpTransport,
@@ -69,6 +74,7 @@ __all__ = [
     "CacheClient",
     "GrpcTransport",
     "HttpTransport",
+    "KvMetaClient",
     "ServiceUnavailable",
     "Transport",
     "Unauthenticated",
@@ -93,6 +99,8 @@ class CacheClient:
 
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
+        #: The string-key KV meta API (needs the KV port given to :meth:`grpc` or :meth:`http`).
+        self.kv = KvMetaClient(lambda method, request: self.call("kv_meta", method, request))
 
     # ------------------------------------------------------------------------------ construction
 
@@ -108,9 +116,11 @@ class CacheClient:
         admin_token: str = "",
         tls: bool = False,
         root_certificates: bytes | str | Path | None = None,
+        kv_rpc_port: int | None = None,
     ) -> CacheClient:
         """A gRPC client. ``admin_rpc_port`` None or 0 means the admin and debug services share the
-        meta server's port (the reference's layout when the ports are equal).
+        meta server's port (the reference's layout when the ports are equal). ``kv_rpc_port`` is the
+        KV meta service's port (:attr:`kv` refuses calls with UNSUPPORTED without it).
 
         ``admin_token`` goes to the admin and debug services (``authorization: Bearer``). ``tls`` (or a
         ``root_certificates`` PEM, bytes or file, to trust instead of gRPC's default roots) connects
@@ -122,6 +132,8 @@ class CacheClient:
             "admin": f"{address}:{admin}",
             "debug": f"{address}:{admin}",
         }
+        if kv_rpc_port is not None:
+            targets["kv_meta"] = f"{address}:{kv_rpc_port}"
         credentials = None
         if tls or root_certificates is not None:
             from kvsim.serve.tls import grpc_channel_credentials
@@ -150,8 +162,10 @@ class CacheClient:
         admin_token: str = "",
         tls: bool = False,
         root_certificates: bytes | str | Path | None = None,
+        kv_http_port: int | None = None,
     ) -> CacheClient:
-        """An HTTP client; the debug service is at ``http_port + 3000`` unless given.
+        """An HTTP client; the debug service is at ``http_port + 3000`` unless given, the KV meta
+        service at ``kv_http_port`` (:attr:`kv` refuses calls with UNSUPPORTED without it).
 
         ``admin_token`` goes to the admin and debug services (``Authorization: Bearer``). ``tls`` (or a
         ``root_certificates`` PEM, bytes or file, to trust instead of the system's roots) uses HTTPS."""
@@ -161,6 +175,8 @@ class CacheClient:
         }
         if admin_http_port:
             targets["admin"] = (host, admin_http_port)
+        if kv_http_port is not None:
+            targets["kv_meta"] = (host, kv_http_port)
         context = None
         if tls or root_certificates is not None:
             from kvsim.serve.tls import client_ssl_context
@@ -385,12 +401,24 @@ class CacheClient:
 
 @contextmanager
 def connect(transport: str, host: str, ports: dict[str, int], **kwargs: Any) -> Iterator[CacheClient]:
-    """A client for ``transport`` ("grpc" or "http") from a ports dict such as ``ports.json`` holds."""
+    """A client for ``transport`` ("grpc" or "http") from a ports dict such as ``ports.json`` holds (the
+    KV meta service too when its port is there)."""
     if transport == "grpc":
-        client = CacheClient.grpc(host, ports["rpc_port"], ports.get("admin_rpc_port"), **kwargs)
+        client = CacheClient.grpc(
+            host,
+            ports["rpc_port"],
+            ports.get("admin_rpc_port"),
+            kv_rpc_port=ports.get("kv_rpc_port"),
+            **kwargs,
+        )
     elif transport == "http":
         client = CacheClient.http(
-            host, ports["http_port"], ports.get("admin_http_port"), ports.get("debug_http_port"), **kwargs
+            host,
+            ports["http_port"],
+            ports.get("admin_http_port"),
+            ports.get("debug_http_port"),
+            kv_http_port=ports.get("kv_http_port"),
+            **kwargs,
         )
     else:
         raise ValueError(f"transport: expected grpc or http, got {transport!r}")

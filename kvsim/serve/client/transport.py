@@ -152,7 +152,7 @@ class GrpcTransport(Transport):
                 kind: grpc.insecure_channel(target, options=options) for kind, target in targets.items()
             }
         auth = _auth_metadata(admin_token)
-        # The meta service never sees the token: it is not guarded, and needs no secret to pass on.
+        # The meta and KV services never see the token: they are not guarded, and need no secret to pass on.
         self._metadata: dict[str, Any] = {"admin": auth or None, "debug": auth or None}
         self._calls: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -223,9 +223,9 @@ class HttpTransport(Transport):
         self._ssl_context = ssl_context
         self._local = threading.local()
         self._headers: dict[str, dict[str, str]] = {}
-        for kind in ("meta", "admin", "debug"):
+        for kind in ("meta", "admin", "debug", "kv_meta"):
             headers = {"Content-Type": "application/json"}
-            if admin_token and kind != "meta":  # only the guarded services get the secret
+            if admin_token and kind in ("admin", "debug"):  # only the guarded services get the secret
                 headers["Authorization"] = f"Bearer {admin_token}"
             self._headers[kind] = headers
 
