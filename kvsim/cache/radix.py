@@ -35,6 +35,12 @@ Eviction
     its statistics change, and checked when popped, so an eviction costs O(k log n) for k victims
     rather than a scan of the tree. Heaps are compacted when stale entries outnumber live ones.
 
+Observers
+    :attr:`RadixTree.observer` (None by default) is told of every structural and tier change: a new
+    leaf, a split, a node's tiers changing, a node leaving the tree. A cache-event publisher (what
+    SGLang's ``enable_kv_cache_events`` feeds to Dynamo's and llm-d's routers) is built on it. With no
+    observer each hook costs one attribute test.
+
 Sizes (:meth:`~RadixTree.total_size`, :meth:`~RadixTree.protected_size`,
 :meth:`~RadixTree.evictable_size`, :meth:`~RadixTree.tier_size`) are kept as running counters in blocks.
 
@@ -110,6 +116,27 @@ class RadixNode:
     def __repr__(self) -> str:
         run = self.key if len(self.key) <= 6 else (*self.key[:3], "...", *self.key[-2:])
         return f"RadixNode(id={self.id}, key={run}, depth={self.depth}, lock_ref={self.lock_ref})"
+
+
+class TreeObserver(Protocol):
+    """Told of every change to a tree's contents (see the module docstring, "Observers")."""
+
+    def node_added(self, node: RadixNode) -> None:
+        """A new leaf joined the tree (its ``tiers`` already set)."""
+        ...
+
+    def node_split(self, upper: RadixNode, lower: RadixNode) -> None:
+        """A node was cut in two: ``upper`` is new and holds the first blocks, ``lower`` keeps its id
+        and the rest; nothing changed in what the tree holds."""
+        ...
+
+    def tiers_changed(self, node: RadixNode, old: int, new: int) -> None:
+        """``node``'s tier bitmask went from ``old`` to ``new``."""
+        ...
+
+    def node_removed(self, node: RadixNode) -> None:
+        """``node`` (a leaf, still attached, tiers as they were) is about to leave the tree."""
+        ...
 
 
 class EvictionPolicy(Protocol):
@@ -262,6 +289,8 @@ class RadixTree:
         self._tier_names = names
         self._tier_index = {name: i for i, name in enumerate(names)}
         self._policy = make_eviction_policy(policy) if isinstance(policy, str) else policy
+        #: told of every change (None: nobody listens); set it on an empty tree
+        self.observer: TreeObserver | None = None
         self.reset()
 
     # ------------------------------------------------------------------ state
@@ -429,6 +458,8 @@ class RadixTree:
             self._refresh(leaf)
             self._refresh(node)
             node = leaf
+            if self.observer is not None:
+                self.observer.node_added(leaf)
         return InsertResult(prefix, node)
 
     def _split(self, child: RadixNode, m: int) -> RadixNode:
@@ -452,6 +483,8 @@ class RadixTree:
         self._num_nodes += 1
         # mid has a child holding all of its tiers, so it is in no candidate set; child's state and
         # priority are unchanged, so its heap entries stay valid.
+        if self.observer is not None:
+            self.observer.node_split(mid, child)
         return mid
 
     # ------------------------------------------------------------------ locks
@@ -548,6 +581,8 @@ class RadixTree:
         self._refresh(node)
         if node.parent is not None:
             self._refresh(node.parent)
+        if self.observer is not None:
+            self.observer.tiers_changed(node, old, tiers)
 
     # ------------------------------------------------------------------ eviction
 
@@ -638,6 +673,8 @@ class RadixTree:
     def _remove_leaf(self, node: RadixNode) -> None:
         parent = node.parent
         assert parent is not None and not node.children and node.lock_ref == 0
+        if self.observer is not None:
+            self.observer.node_removed(node)
         del parent.children[node.key[0]]
         size = len(node.key)
         self._total -= size
