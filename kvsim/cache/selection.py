@@ -6,7 +6,8 @@ The weights depend on storage availability:
 
 * every registered storage available -> static weights by type (NFS 5; 3FS, Mooncake, TairMemPool 3;
   anything else 1);
-* else, looking only at the instance group's candidate storages: all available -> static; none
+* else, looking only at the instance group's candidate storages: all available -> static (0 for the
+  unavailable storages outside the candidates); none
   available -> the request fails; each storage type at most once -> weight 1 for types that have an
   available storage, 0 otherwise (without the reference's bug of overwriting the static table);
   otherwise -> weight 1 for locations on an available candidate storage (by name), 0 otherwise.
@@ -93,7 +94,15 @@ def read_weights(
     cands = [storages[n] for n in dict.fromkeys(group.storage_candidates) if n in storages]
     ok = [c for c in cands if available(c.global_unique_name)]
     if cands and len(ok) == len(cands):
-        return STATIC
+        # Static weights, but never for a location on an unavailable storage outside the candidates
+        # (kvsim fix: the reference would hand it out).
+        return ReadWeights(
+            by_name={
+                name: STATIC_WEIGHTS.get(config.type, 1)
+                for name, config in storages.items()
+                if available(name)
+            }
+        )
     if not ok:
         raise internal(f"all storages of instance group {group.name!r} are unavailable")
     types = [c.type for c in cands]

@@ -381,3 +381,17 @@ def test_without_probe_settings_nothing_is_probed(clock: ManualClock) -> None:
     mgr.poll()
     assert calls == []
     assert mgr.storage_status()["nfs_01"].available
+
+
+def test_an_unavailable_storage_outside_the_candidates_is_not_read(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    mgr, a, _ = two_storages(tmp_path, clock, ProbeSettings(period_s=1.0))
+    write(mgr, [1])
+    group = mgr.get_instance_group("default")
+    mgr.update_instance_group(dataclasses.replace(group, storage_candidates=("nfs_b",), version=1), 0)
+    assert len(prefix(mgr, [1])) == 1  # still on nfs_a, which is up
+    shutil.rmtree(a)
+    clock.advance(1.0)
+    mgr.poll()
+    assert prefix(mgr, [1]) == ()
