@@ -132,6 +132,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cluster.add_argument(
         "--router", help="round_robin (default), least_load, session_affinity or cache_aware (cluster.router)"
     )
+    cluster.add_argument(
+        "--pd",
+        metavar="P:D",
+        help="PD disaggregation: P prefill and D decode instances, e.g. 2:2 (cluster.pd's counts; the "
+        "file's other cluster.pd settings are kept)",
+    )
     run = parser.add_argument_group("run")
     run.add_argument("--output-dir", help="run directory (default runs/sim-<timestamp>)")
     run.add_argument(
@@ -176,6 +182,19 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         if body:
             overrides[section] = body
     return overrides
+
+
+def apply_pd_flag(config: dict[str, Any], text: str) -> None:
+    """Set ``cluster.pd``'s instance counts from ``--pd P:D``, keeping the section's other keys."""
+    from kvsim.core.errors import UserInputError
+
+    parts = text.split(":")
+    if len(parts) != 2 or not all(part.strip().isdigit() and int(part) >= 1 for part in parts):
+        raise UserInputError(f"--pd: expected P:D with two counts >= 1, e.g. 2:2, got {text!r}")
+    cluster = config.get("cluster") or {}
+    pd = dict(cluster.get("pd") or {})
+    pd.update(prefill_instances=int(parts[0]), decode_instances=int(parts[1]))
+    config["cluster"] = {**cluster, "pd": pd}
 
 
 def _rate(text: str) -> float | str:
@@ -232,6 +251,8 @@ def run(args: argparse.Namespace) -> int:
     from kvsim.engines.experiment import report, resolve_config, write_run
 
     config = resolve_config(args.config, overrides_from_args(args))
+    if getattr(args, "pd", None) is not None:
+        apply_pd_flag(config, args.pd)
     if args.print_config:
         print(yaml.safe_dump(config, sort_keys=False), end="")
         return 0

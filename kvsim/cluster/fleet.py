@@ -14,6 +14,8 @@ engine's prefetch hits and all draw on one quota (:class:`~kvsim.engines.sglang.
 The KVCM event log is kept only for a one-instance fleet (several logs in one file would not replay).
 With ``cluster.shared_tiers: true`` the engines' L3 transfers share each storage tier's bandwidth
 (:class:`~kvsim.engines.sglang.storage.L3Group`); otherwise each engine has a tier's full bandwidth.
+With ``cluster.pd`` the fleet is disaggregated into prefill and decode pools: :func:`run_cluster`
+hands it to :mod:`kvsim.cluster.pd_fleet`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import simpy
 
 from kvsim.cache.events import EventSink
 from kvsim.cache.radix import RadixTree
+from kvsim.cluster.pd import PDSection, parse_pd_section
 from kvsim.cluster.routers import Router, make_router
 from kvsim.core.errors import ConfigError
 from kvsim.engines.client import BenchClient
@@ -68,6 +71,8 @@ class ClusterSection:
     kvcm_scope: str = "local"
     #: whether the engines' L3 transfers share each storage tier's bandwidth (one store for all)
     shared_tiers: bool = False
+    #: PD disaggregation: the prefill and decode pools (prefill instances first), None: co-located
+    pd: PDSection | None = None
 
 
 def parse_cluster_section(body: Mapping[str, Any] | None) -> ClusterSection:
@@ -81,6 +86,15 @@ def parse_cluster_section(body: Mapping[str, Any] | None) -> ClusterSection:
     if not isinstance(params, Mapping):
         raise ConfigError("cluster.router_params: must be a mapping")
     make_router(str(router), params)  # fail on a bad name or parameter before anything runs
+    pd = None
+    if body.get("pd") is not None:
+        pd = parse_pd_section(body["pd"], router=str(router), router_params=params)
+        if "instances" in body and instances != pd.instances:
+            raise ConfigError(
+                f"cluster.instances: {instances} is not prefill_instances + decode_instances "
+                f"= {pd.instances}; leave it out with cluster.pd"
+            )
+        instances = pd.instances
     overrides = body.get("instance_overrides") or []
     if not isinstance(overrides, list) or len(overrides) > instances:
         raise ConfigError(f"cluster.instance_overrides: must be a list of at most {instances} mappings")
@@ -108,6 +122,7 @@ def parse_cluster_section(body: Mapping[str, Any] | None) -> ClusterSection:
         tuple(dict(e or {}) for e in overrides),
         str(scope),
         shared_tiers,
+        pd,
     )
 
 
@@ -170,7 +185,7 @@ def tree_prefix_hit(
     return device, max(total - device, 0)
 
 
-class _PromptKeys:
+class PromptKeys:
     """The radix keys of the last request asked for: the prompt less its last token, as a tuple."""
 
     def __init__(self) -> None:
@@ -188,14 +203,14 @@ class _PromptKeys:
 class EngineView:
     """A router's view of one instance: its load and a read-only probe of its radix tree."""
 
-    def __init__(self, driver: EngineDriver, keys: _PromptKeys | None = None) -> None:
+    def __init__(self, driver: EngineDriver, keys: PromptKeys | None = None) -> None:
         """``keys`` is shared by the views of one fleet so that a prompt is converted once."""
         self.driver = driver
         self.scheduler: SGLangScheduler = driver.scheduler
         #: prompt + output tokens of requests sent to this instance and not finished (kept by the fleet)
         self.outstanding_tokens = 0
         self._hicache = isinstance(driver.scheduler.pool, HiCacheKVPool)
-        self._keys = keys if keys is not None else _PromptKeys()
+        self._keys = keys if keys is not None else PromptKeys()
 
     def load_tokens(self) -> int:
         """Prompt plus output tokens of the requests sent here and not finished yet.
@@ -218,7 +233,7 @@ class EngineView:
         return tree_prefix_hit(pool.tree, self._keys.of(req), pool.page_size, tiered=self._hicache)
 
 
-class _TaggedLog:
+class TaggedLog:
     """An iteration log shared by the fleet: each step's line gets ``extra.instance``."""
 
     def __init__(self, writer: IterationLogWriter, instance: int) -> None:
@@ -261,7 +276,7 @@ class Fleet:
         self.drivers: list[EngineDriver] = []
         for index, build in enumerate(builds):
             log = (
-                None if iteration_log is None else cast(IterationLogWriter, _TaggedLog(iteration_log, index))
+                None if iteration_log is None else cast(IterationLogWriter, TaggedLog(iteration_log, index))
             )
             driver = EngineDriver(
                 build.scheduler,
@@ -273,7 +288,7 @@ class Fleet:
             )
             driver.expected_requests = 0  # raised as the router sends requests to it
             self.drivers.append(driver)
-        keys = _PromptKeys()
+        keys = PromptKeys()
         self.views = [EngineView(driver, keys) for driver in self.drivers]
         #: request id -> instance index, the router's decisions
         self.assignments: dict[int, int] = {}
@@ -330,6 +345,8 @@ class ClusterResult:
     #: fleet metrics; ``metrics["instances"]`` holds one dict per instance
     metrics: dict[str, Any]
     stats: list[DriverStats]
+    #: a PD fleet's per-request timeline (:class:`~kvsim.cluster.pd_fleet.PDRun`), None otherwise
+    pd: Any = None
 
 
 def run_cluster(
@@ -342,6 +359,13 @@ def run_cluster(
 ) -> ClusterResult:
     """Simulate the fleet of a resolved experiment config (its ``cluster:`` section); deterministic."""
     section = parse_cluster_section(config.get("cluster"))
+    if section.pd is not None:
+        # Imported here: the PD fleet is built from this module's parts.
+        from kvsim.cluster.pd_fleet import run_pd_cluster
+
+        return run_pd_cluster(
+            config, section, iteration_log=iteration_log, on_finish=on_finish, workload=workload
+        )
     events = kvcm_events if section.instances == 1 else None
     first = build_engine(instance_config(config, section, 0), workload=workload, kvcm_events=events)
     builds = [first]
@@ -429,7 +453,12 @@ def share_tiers(fleet: Fleet, builds: Sequence[EngineBuild]) -> L3Group:
 
 
 def fleet_metrics(
-    builds: Sequence[EngineBuild], stats: Sequence[DriverStats], section: ClusterSection
+    builds: Sequence[EngineBuild],
+    stats: Sequence[DriverStats],
+    section: ClusterSection,
+    *,
+    instance_records: Sequence[Sequence[RequestRecord]] | None = None,
+    records: Sequence[RequestRecord] | None = None,
 ) -> dict[str, Any]:
     """Fleet ``metrics.json``: the single-engine fields over all requests, plus ``router`` and one
     ``instances`` entry per engine (its own engine metrics, ``busy_s`` and ``busy_fraction``).
@@ -437,13 +466,20 @@ def fleet_metrics(
     Engine counters are summed over instances and cache ratios recomputed over all requests, so a
     one-instance fleet reproduces ``kvsim sim``'s fields exactly. ``l3_mean_prefetch_ms`` is a
     per-engine mean: for several instances it is averaged weighted by each one's ``l3_prefetches``.
+
+    By default each instance's requests are those its driver finished and the fleet's are all of
+    them; a PD fleet, where a request passes two instances, gives both lists (``instance_records``
+    per instance, ``records`` the fleet's).
     """
     per_instance: list[dict[str, Any]] = []
     all_records: list[RequestRecord] = []
-    for build, stat in zip(builds, stats, strict=True):
-        records = sorted(stat.records, key=lambda r: r.request_id)
-        all_records.extend(records)
-        per_instance.append(engine_metrics(build, records, stat) if records else _idle_metrics(build, stat))
+    for index, (build, stat) in enumerate(zip(builds, stats, strict=True)):
+        own = stat.records if instance_records is None else instance_records[index]
+        ordered = sorted(own, key=lambda r: r.request_id)
+        all_records.extend(ordered)
+        per_instance.append(engine_metrics(build, ordered, stat) if ordered else _idle_metrics(build, stat))
+    if records is not None:
+        all_records = list(records)
     all_records.sort(key=lambda r: r.request_id)
     first = builds[0]
     metrics: dict[str, Any] = summarize(
@@ -464,7 +500,7 @@ def fleet_metrics(
         elif len(values) == 1:
             metrics[key] = values[0]
         elif key == "l3_mean_prefetch_ms":
-            weights = [m.get("l3_prefetches") or 0 for m in per_instance]
+            weights = [m.get("l3_prefetches") or 0 for m in per_instance if key in m]
             total = sum(weights)
             metrics[key] = sum(v * w for v, w in zip(values, weights, strict=True)) / total if total else 0.0
         elif all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):

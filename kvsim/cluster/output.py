@@ -4,10 +4,16 @@
 ``router`` and an ``instances`` list; each ``requests.jsonl`` line gains ``instance``, the index the
 router chose; each ``iterations.jsonl`` line carries ``extra.instance``; ``cluster_instances.png``
 shows each instance's queue over time, its busy share and its prefix-cache hit rate.
+
+A PD fleet's ``requests.jsonl`` lines carry ``prefill_instance`` and ``decode_instance`` instead of
+``instance``, plus the request's PD timeline (:meth:`kvsim.cluster.pd_fleet.PDRequest.to_json`); its
+instances are labelled ``P`` or ``D`` in the plot and the report, and a prefill instance's hit rate is
+that of the prompts it computed.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,15 +27,19 @@ from kvsim.cluster.fleet import ClusterResult, parse_cluster_section, run_cluste
 from kvsim.engines.experiment import KVCM_EVENTS_FILE, staged_run_dir
 from kvsim.metrics import ITERATIONS_FILE, REQUESTS_FILE, IterationLogWriter, format_report, write_metrics
 from kvsim.metrics.plots import LATENCY_CDF_PNG, THROUGHPUT_PNG, plot_latency_cdf, plot_throughput
-from kvsim.metrics.writers import write_requests
+from kvsim.metrics.writers import LOG_DECIMALS, write_requests
 
 CLUSTER_PNG = "cluster_instances.png"
 
 
 def write_cluster_requests(path: Path, result: ClusterResult) -> Path:
-    """``requests.jsonl`` with each line's ``instance`` (the router's choice), keys still sorted."""
+    """``requests.jsonl`` with each line's ``instance`` (the router's choice), keys still sorted; a PD
+    fleet's lines get the request's prefill and decode instance and its PD timeline instead."""
     write_requests(path, result.records, include_token_times=False)
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    if result.pd is not None:
+        path.write_text("".join(_pd_line(line, result) for line in lines), encoding="utf-8")
+        return path
     out = []
     for line, record in zip(lines, result.records, strict=True):
         # "instance" sorts between "input_len" and "output_len"; every line has both keys.
@@ -42,6 +52,20 @@ def write_cluster_requests(path: Path, result: ClusterResult) -> Path:
     return path
 
 
+def _pd_line(line: str, result: ClusterResult) -> str:
+    """One ``requests.jsonl`` line with its PD fields added (numbers rounded as the writer rounds)."""
+    row = json.loads(line)
+    for key, value in result.pd.requests[row["request_id"]].to_json().items():
+        row[key] = round(value, LOG_DECIMALS) + 0.0 if isinstance(value, float) else value
+    return json.dumps(row, sort_keys=True, separators=(",", ":")) + "\n"
+
+
+def _labels(result: ClusterResult) -> list[str]:
+    """``#i`` per instance, with ``P``/``D`` for a PD fleet's prefill and decode instances."""
+    roles = result.pd.roles if result.pd is not None else None
+    return [f"#{i}" if roles is None else f"#{i} {roles[i][0].upper()}" for i in range(len(result.stats))]
+
+
 def plot_instances(result: ClusterResult, path: Path) -> Path:
     """Draw each instance's running+waiting requests over time, busy share and prefix-cache hit rate."""
     fig = Figure(figsize=(11, 8), layout="constrained")
@@ -50,11 +74,12 @@ def plot_instances(result: ClusterResult, path: Path) -> Path:
     ax_queue.set_xlabel("time (s)")
     ax_queue.set_ylabel("requests")
     ax_queue.grid(True, alpha=0.3)
+    labels = _labels(result)
     for index, stat in enumerate(result.stats):
         if stat.timeline:
             times = np.array([t for t, _, _ in stat.timeline], dtype=np.float64)
             load = np.array([r + w for _, r, w in stat.timeline], dtype=np.int64)
-            ax_queue.plot(times, load, drawstyle="steps-post", linewidth=0.8, label=f"#{index}")
+            ax_queue.plot(times, load, drawstyle="steps-post", linewidth=0.8, label=labels[index])
     if len(result.stats) <= 16:
         ax_queue.legend(loc="upper right", fontsize="x-small", ncol=4)
     instances = result.metrics["instances"]
@@ -64,7 +89,7 @@ def plot_instances(result: ClusterResult, path: Path) -> Path:
     width = 0.4
     ax_bars.bar(x - width / 2, busy, width, label="busy share of the run")
     ax_bars.bar(x + width / 2, hits, width, label="prefix-cache hit rate (cached / prompt tokens)")
-    ax_bars.set_xticks(x, [f"#{i}" for i in x])
+    ax_bars.set_xticks(x, labels)
     ax_bars.set_ylim(0, 1.05)
     ax_bars.set_xlabel("instance")
     ax_bars.set_title(f"Load and hit rate per instance (router: {result.section.router})")
@@ -75,8 +100,13 @@ def plot_instances(result: ClusterResult, path: Path) -> Path:
 
 
 def _hit_rate(result: ClusterResult, index: int) -> float:
-    """Cached prompt tokens over prompt tokens of the requests sent to instance ``index``."""
+    """Cached prompt tokens over prompt tokens of the requests sent to instance ``index`` (in a PD
+    fleet: of the prompts a prefill instance computed; a decode instance has no cache)."""
     records = result.stats[index].records
+    if result.pd is not None:
+        if result.pd.roles[index] == "decode":
+            return 0.0
+        records = [r for r in result.records if result.pd.requests[r.request_id].prefill_instance == index]
     prompt = sum(r.input_len for r in records)
     return sum(r.cached_tokens for r in records) / prompt if prompt else 0.0
 
@@ -124,18 +154,30 @@ def cluster_report(result: ClusterResult) -> str:
     wl = result.config.get("workload") or {}
     rate = "trace" if wl.get("dataset_name") == "mooncake" else wl.get("request_rate")
     lines = [format_report(result.metrics, request_rate=rate, max_concurrency=wl.get("max_concurrency"))]
-    lines.append(f"router: {result.section.router}, instances: {result.section.instances}")
-    lines.extend(
-        _instance_lines(result.metrics["instances"], [_hit_rate(result, i) for i in range(len(result.stats))])
-    )
+    metrics = result.metrics
+    if result.pd is None:
+        lines.append(f"router: {result.section.router}, instances: {result.section.instances}")
+    else:
+        pd = result.pd.section
+        lines.append(
+            f"PD: {pd.prefill_instances} prefill ({pd.prefill_router}) + {pd.decode_instances} decode "
+            f"({pd.decode_router}); KV transfer mean {metrics['pd_mean_transfer_ms']:.2f} ms, "
+            f"p99 {metrics['pd_p99_transfer_ms']:.2f} ms; prealloc wait mean "
+            f"{metrics['pd_mean_prealloc_wait_ms']:.2f} ms"
+        )
+    hits = [_hit_rate(result, i) for i in range(len(result.stats))]
+    lines.extend(_instance_lines(metrics["instances"], hits, _labels(result)))
     return "\n".join(lines)
 
 
-def _instance_lines(instances: Sequence[Mapping[str, Any]], hits: Sequence[float]) -> list[str]:
+def _instance_lines(
+    instances: Sequence[Mapping[str, Any]], hits: Sequence[float], labels: Sequence[str]
+) -> list[str]:
     rows = [f"{'instance':>8} {'requests':>9} {'busy':>6} {'hit rate':>9} {'mean TTFT ms':>13}"]
-    for entry, hit in zip(instances, hits, strict=True):
+    for entry, hit, label in zip(instances, hits, labels, strict=True):
         ttft = entry.get("mean_ttft_ms")
         ttft_text = f"{ttft:13.1f}" if ttft is not None else f"{'-':>13}"
         busy = entry["busy_fraction"]
-        rows.append(f"{entry['instance']:>8} {entry['completed']:>9} {busy:>6.2f} {hit:>9.3f} {ttft_text}")
+        name = label[1:] if label.startswith("#") else label
+        rows.append(f"{name:>8} {entry['completed']:>9} {busy:>6.2f} {hit:>9.3f} {ttft_text}")
     return rows

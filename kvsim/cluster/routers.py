@@ -147,15 +147,16 @@ _PARAMS: dict[str, tuple[str, ...]] = {
 }
 
 
-def make_router(name: str, params: Mapping[str, Any] | None = None) -> Router:
+def make_router(name: str, params: Mapping[str, Any] | None = None, prefix: str = "cluster.") -> Router:
     """The router called ``name`` with ``params`` (``cluster.router_params``); unknown names or
-    parameters are a :class:`~kvsim.core.errors.ConfigError` listing the valid ones."""
+    parameters are a :class:`~kvsim.core.errors.ConfigError` listing the valid ones. ``prefix`` names
+    the keys in errors: ``cluster.pd.decode_`` for a PD fleet's decode router."""
     if name not in _FACTORIES:
-        raise ConfigError(f"cluster.router: unknown router {name!r}; valid: {', '.join(ROUTERS)}")
+        raise ConfigError(f"{prefix}router: unknown router {name!r}; valid: {', '.join(ROUTERS)}")
     params = dict(params or {})
     for key in params:
         if key not in _PARAMS[name]:
             valid = ", ".join(_PARAMS[name]) or "none"
-            raise ConfigError(f"cluster.router_params.{key}: not a parameter of {name}; valid: {valid}")
+            raise ConfigError(f"{prefix}router_params.{key}: not a parameter of {name}; valid: {valid}")
     router: Router = _FACTORIES[name](**params)
     return router

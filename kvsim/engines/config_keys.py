@@ -51,4 +51,12 @@ WORKLOAD_KEYS = (
 )
 OUTPUT_KEYS = ("output_dir", "plots", "hisim_file_aliases")
 #: The ``cluster:`` section (run by :mod:`kvsim.cluster`; an experiment without it is one engine).
-CLUSTER_KEYS = ("instances", "router", "router_params", "instance_overrides", "kvcm_scope", "shared_tiers")
+CLUSTER_KEYS = (
+    "instances",
+    "router",
+    "router_params",
+    "instance_overrides",
+    "kvcm_scope",
+    "shared_tiers",
+    "pd",
+)

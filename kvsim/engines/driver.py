@@ -15,11 +15,16 @@ for by the scheduler, on the CPU side of the step.
 With an L3 storage tier the storage transfers (prefetches into host memory, backups out of it) run in
 the background on the tier's shared bandwidth and cost no step time; the scheduler sees their progress
 at each prefill attempt, and the driver also wakes when one may let a waiting request in.
+
+In a PD fleet (:mod:`kvsim.cluster.pd_fleet`) a driver runs a prefill or a decode server: after each
+step it hands a prefill server's ready KV to ``on_kv_ready``, and it records the requests a decode
+server finished while taking them in. A prefill server's requests finish on their decode server, so
+the fleet counts them in ``handed_off`` to let the engine stop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import simpy
@@ -73,6 +78,10 @@ class EngineDriver:
         #: requests this engine will serve; the engine stops once they have all finished and arrivals
         #: are done (a cluster raises it as its router sends requests here)
         self.expected_requests = len(workload.requests)
+        #: requests this engine served that finish on another one (a PD prefill server's, once sent)
+        self.handed_off = 0
+        #: a PD prefill server's ``(request, last)`` pairs whose KV became ready in a step, after it
+        self.on_kv_ready: Callable[[Sequence[tuple[ReqState, bool]]], None] | None = None
         self.client = BenchClient(
             self.env, workload.requests, self._deliver, max_concurrency, self._end_of_client_arrivals
         )
@@ -204,8 +213,13 @@ class EngineDriver:
         log = self.iteration_log
         while True:
             batch = sched.schedule(env.now)
+            if sched.finished_early:
+                for state in sched.take_finished_early():
+                    self._finished(state)
+                if batch is None:
+                    continue  # a freed client slot may have sent this engine a request meanwhile
             if batch is None:
-                done = len(self.stats.records) >= self.expected_requests
+                done = len(self.stats.records) + self.handed_off >= self.expected_requests
                 if self._arrivals_done and not self.client.pending and done:
                     return
                 self._wake = env.event()
@@ -236,6 +250,8 @@ class EngineDriver:
             yield env.timeout(step_s)
             for state in sched.complete(batch, env.now):
                 self._finished(state)
+            if sched.kv_ready and self.on_kv_ready is not None:
+                self.on_kv_ready(sched.take_kv_ready())
 
     def start_engine(self) -> simpy.Process:
         """Start the server's process on the driver's clock (arrivals are the caller's)."""

@@ -88,6 +88,9 @@ class GpuProfile:
     sources: dict[str, str]
     calibrated: bool
     calibrated_by: str | None
+    #: bytes/s of the inter-node network per GPU (one RDMA NIC each): what a disaggregated prefill
+    #: server's KV moves over to its decode server; None when the profile does not say
+    network_bandwidth: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     #: family -> parsed calibration table (every table the profile declares or ships under its default name)
     tables: dict[str, Table] = field(default_factory=dict)
@@ -354,6 +357,9 @@ def parse_profile(
         l2_cache_bytes=parse_bytes(_require(data, "l2_cache", where), f"{where}: l2_cache"),
         nvlink_bandwidth=parse_bandwidth(link["nvlink"], f"{where}: nvlink") if "nvlink" in link else None,
         pcie_bandwidth=parse_bandwidth(_require(link, "pcie", f"{where}: interconnect"), f"{where}: pcie"),
+        network_bandwidth=(
+            parse_bandwidth(link["network"], f"{where}: network") if "network" in link else None
+        ),
         roofline=roofline,
         sources=sources,
         calibrated=bool(calibration.get("calibrated", False)),

@@ -33,6 +33,19 @@ Rules modelled (SGLang ``managers/scheduler.py``, ``schedule_policy.py``, ``sche
   prefetch stops finds the pages it brought as a host hit. Acknowledged write-through copies are also
   written to storage.
 
+- **PD disaggregation** (SGLang's ``--disaggregation-mode``, :meth:`SGLangScheduler.configure_pd`, run by
+  :mod:`kvsim.cluster.pd_fleet`). A *prefill* server schedules as above with every request's
+  ``max_new_tokens`` set to 1; a request that finishes its prefill does not decode: it enters the
+  inflight queue with its KV locked until :meth:`SGLangScheduler.release_transferred` (its transfer to
+  the decode server is done), and occupies a request slot until then. Each finished chunk or prompt is
+  reported in ``kv_ready`` for the fleet to send. A *decode* server has no radix cache and never runs a
+  prefill: a request waits in the prealloc queue until its KV fits
+  (:meth:`SGLangScheduler._preallocate`, SGLang's ``pop_preallocated``: free slots minus
+  ``num_reserved_decode_tokens`` for every active request), then in the transfer set; once
+  :meth:`SGLangScheduler.kv_arrived` says its KV landed, the next pass takes it into the running batch
+  with the first token (no forward step) and it decodes. Decode-side retraction parks the victim's KV
+  (SGLang offloads it to host memory) and resumes it, uncomputed, once it fits again.
+
 Decode steps cost O(1) Python work plus the requests that finish: per-request decode positions are
 derived from the step counter (``past = ctx0 + step - start``), never updated one by one.
 """
@@ -40,13 +53,14 @@ derived from the step counter (``past = ctx0 + step - start``), never updated on
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
 import numpy as np
 
 from kvsim.cache.radix import RadixNode
-from kvsim.core.errors import UserInputError
+from kvsim.core.errors import ConfigError, UserInputError
 from kvsim.engines.sglang.config import (
     CLIP_MAX_NEW_TOKENS,
     INIT_NEW_TOKEN_RATIO,
@@ -60,6 +74,11 @@ from kvsim.engines.sglang.kv_pool import KVPool
 from kvsim.engines.sglang.policy import order_waiting
 from kvsim.engines.sglang.storage import L3Controller, L3KVPool, TokenKeys
 from kvsim.workloads.base import Request
+
+#: What a server does: everything (the default), only prefill, or only decode (PD disaggregation).
+SERVER_ROLES = ("mixed", "prefill", "decode")
+#: SGLang's default ``--num-reserved-decode-tokens``: KV slots a decode server keeps per active request.
+NUM_RESERVED_DECODE_TOKENS = 512
 
 
 class SimulationError(UserInputError):
@@ -306,16 +325,71 @@ class SGLangScheduler:
         self.decode_end_times: list[float] = []
         self.finish_at: dict[int, list[ReqState]] = {}
         self.num_retractions = 0
+        #: ``mixed``, or a PD server's ``prefill``/``decode`` (set by :meth:`configure_pd`)
+        self.role = "mixed"
+        # PD prefill server: requests whose KV is still being sent (locked, holding a request slot), and
+        # (request, last) for each chunk or prompt whose KV became ready in the last completed step.
+        self.inflight: dict[int, ReqState] = {}
+        self.kv_ready: list[tuple[ReqState, bool]] = []
+        # PD decode server: the prealloc queue, requests whose KV is reserved and on its way, those
+        # whose KV landed (taken in at the next pass), retracted ones waiting to fit again, and requests
+        # that finished as they were taken in (a one-token output), for the driver to record.
+        self.num_reserved_decode_tokens = NUM_RESERVED_DECODE_TOKENS
+        self.prealloc: deque[ReqState] = deque()
+        self.transferring: dict[int, ReqState] = {}
+        self.landed: deque[ReqState] = deque()
+        self.retracted: deque[ReqState] = deque()
+        self.finished_early: list[ReqState] = []
+        #: called with each request the decode server reserved KV for, and the time
+        self.on_preallocated: Callable[[ReqState, float], None] | None = None
+        # Request slots of a decode server (SGLang's DecodeReqToTokenPool: max_running_requests, plus
+        # twice that for preallocated requests when it is at most 32).
+        self.decode_slots = 0
+
+    def configure_pd(self, role: str, num_reserved_decode_tokens: int = NUM_RESERVED_DECODE_TOKENS) -> None:
+        """Make this a PD ``prefill`` or ``decode`` server (before any request arrives).
+
+        A decode server keeps no prefix cache (SGLang forces the chunk cache on it), so its pool is
+        replaced by one without a tree.
+
+        Raises:
+            ConfigError: an unknown role, a negative reservation, or HiCache on a decode server.
+        """
+        if role not in SERVER_ROLES:
+            raise ConfigError(f"server role {role!r} is not one of {', '.join(SERVER_ROLES)}")
+        if num_reserved_decode_tokens < 0:
+            raise ConfigError(f"num_reserved_decode_tokens: must be >= 0, got {num_reserved_decode_tokens}")
+        assert self.has_work() is False and self.pool.tree.total_size() == 0, "configure before running"
+        self.role = role
+        self.num_reserved_decode_tokens = num_reserved_decode_tokens
+        if role == "decode":
+            if self.hicache is not None:
+                raise ConfigError("cluster.pd: decode instances keep no prefix cache; no HiCache there")
+            self.pool = KVPool(self.server.max_total_tokens, self.page_size, enable_prefix_cache=False)
+            limit = self.max_running_requests
+            self.decode_slots = limit + (2 * limit if limit <= 32 else 0)
 
     # ---- queue ------------------------------------------------------------------------------------------
     def add_request(self, req: Request, send_s: float) -> ReqState:
-        """Queue a newly received request; a prompt that can never fit the KV pool is refused."""
-        if req.input_len + req.output_len > self.pool.total_tokens:
+        """Queue a newly received request; a prompt that can never fit the KV pool is refused.
+
+        A PD prefill server makes one token of it, a PD decode server puts it in the prealloc queue.
+        """
+        # A prefill server runs every request with max_new_tokens = 1 (SGLang's bootstrap queue sets it).
+        output_len = 1 if self.role == "prefill" else req.output_len
+        need = req.input_len + output_len
+        if self.role == "decode":
+            need = max(need, req.input_len + self.num_reserved_decode_tokens)
+        if need > self.pool.total_tokens:
             raise SimulationError(
-                f"request {req.request_id} needs {req.input_len + req.output_len} KV tokens, more than the "
+                f"request {req.request_id} needs {need} KV tokens, more than the "
                 f"whole pool of {self.pool.total_tokens}; raise --mem-fraction-static or shorten the workload"
             )
         state = ReqState(req, send_s)
+        if self.role == "decode":
+            self.prealloc.append(state)
+            return state
+        state.output_len = output_len
         if self.l3 is not None:
             self.l3.on_arrival(state, send_s)
         self.waiting.append(state)
@@ -324,7 +398,10 @@ class SGLangScheduler:
 
     @property
     def num_waiting(self) -> int:
-        """Requests queued (not counting the chunked request in progress)."""
+        """Requests queued (not counting the chunked request in progress); on a PD decode server, those
+        waiting for KV room, for their KV, or to be taken in."""
+        if self.role == "decode":
+            return len(self.prealloc) + len(self.transferring) + len(self.landed) + len(self.retracted)
         return len(self.waiting)
 
     @property
@@ -333,12 +410,19 @@ class SGLangScheduler:
         return len(self.running)
 
     def has_work(self) -> bool:
-        """Whether any request is queued, mid-prefill or decoding."""
-        return bool(self.waiting) or self.chunked is not None or len(self.running) > 0
+        """Whether any request is queued, mid-prefill, decoding, or (PD) held for its KV transfer."""
+        return (
+            bool(self.waiting)
+            or self.chunked is not None
+            or len(self.running) > 0
+            or bool(self.inflight or self.prealloc or self.transferring or self.landed or self.retracted)
+        )
 
     # ---- scheduling -----------------------------------------------------------------------------------
     def schedule(self, now: float) -> ScheduledBatch | None:
         """Choose the next forward step, or None when there is nothing to run."""
+        if self.role == "decode":
+            return self._schedule_decode_server(now)
         batch = self._new_prefill_batch(now)
         if batch is None and len(self.running):
             batch = self._decode_batch()
@@ -352,7 +436,9 @@ class SGLangScheduler:
         if (self.batch_is_full or not self.waiting) and self.chunked is None:
             return None
         running_bs = len(self.running)
-        if running_bs >= self.max_running_requests:
+        # A PD prefill server's inflight requests still hold their request slots.
+        occupied = running_bs + len(self.inflight)
+        if occupied >= self.max_running_requests:
             self.batch_is_full = True
             return None
         pool = self.pool
@@ -395,7 +481,7 @@ class SGLangScheduler:
         skipped = False
         l3 = self.l3
         for state in self.waiting:
-            if running_bs + len(admitted) >= self.max_running_requests:
+            if occupied + len(admitted) >= self.max_running_requests:
                 self.batch_is_full = True
                 break
             if l3 is not None and not l3.prefetch_done(state, now):
@@ -600,6 +686,11 @@ class SGLangScheduler:
             retracted.append(victim)
         self.num_retractions += len(retracted)
         for victim in retracted:
+            if self.role == "decode":
+                # A decode server cannot recompute: the victim's KV waits in host memory to come back.
+                victim.node = None
+                self.retracted.append(victim)
+                continue
             victim.fill_len = 0
             victim.locked_len = 0
             victim.node = None
@@ -627,6 +718,121 @@ class SGLangScheduler:
         self.pool.release(own)
         self.pool.unlock(state.node)
         state.fill_len += steps_done
+
+    # ---- PD disaggregation ------------------------------------------------------------------------------
+    def take_kv_ready(self) -> list[tuple[ReqState, bool]]:
+        """A prefill server's ``(request, last)`` pairs whose KV (a chunk, or the whole prompt when
+        ``last``) became ready since the last call, in batch order."""
+        ready, self.kv_ready = self.kv_ready, []
+        return ready
+
+    def release_transferred(self, state: ReqState, now: float) -> None:
+        """A prefill server's request has sent all its KV: unlock it (it stays in the tree as cache) and
+        free its request slot (SGLang's ``process_disagg_prefill_inflight_queue``)."""
+        del self.inflight[state.req.request_id]
+        self._finish_idle(state, now)
+
+    def kv_arrived(self, state: ReqState) -> None:
+        """A decode server's request has all its KV: the next pass takes it into the running batch."""
+        del self.transferring[state.req.request_id]
+        self.landed.append(state)
+
+    def take_finished_early(self) -> list[ReqState]:
+        """Requests a decode server finished while taking them in (their only token came with the KV)."""
+        finished, self.finished_early = self.finished_early, []
+        return finished
+
+    def _schedule_decode_server(self, now: float) -> ScheduledBatch | None:
+        """One pass of a PD decode server: resume retracted requests, preallocate from the prealloc
+        queue, take landed requests in, then a decode step of the running batch (SGLang's
+        ``process_decode_queue`` then ``get_next_disagg_decode_batch_to_run``)."""
+        if self.retracted:
+            self._resume_retracted()
+        if self.prealloc:
+            self._preallocate(now)
+        if self.landed:
+            self._take_in(now)
+        if not len(self.running):
+            self.new_token_ratio = self.init_new_token_ratio
+            return None
+        return self._decode_batch()
+
+    def _active_decode_requests(self) -> int:
+        """Requests holding a decode server's request slot: running, awaiting their KV, or landed."""
+        return len(self.running) + len(self.transferring) + len(self.landed)
+
+    def _resume_retracted(self) -> None:
+        """Bring retracted requests back, oldest first, while their KV plus the reservation fits
+        (SGLang's ``resume_retracted_reqs``; the copy back from host memory is not timed)."""
+        reserved = self.num_reserved_decode_tokens
+        budget = self.pool.available_tokens - reserved * self._active_decode_requests()
+        while self.retracted and self._active_decode_requests() < self.decode_slots:
+            state = self.retracted[0]
+            required = state.fill_len + reserved
+            # Alone on the server a request comes back once its KV fits, reservation or not: nothing
+            # else would ever free the room it waits for.
+            alone = self._active_decode_requests() == 0 and state.fill_len <= self.pool.available_tokens
+            if required > budget and not alone:
+                break
+            self.retracted.popleft()
+            allocated = self.pool.allocate(state.fill_len)
+            assert allocated, "resume budget exceeded the pool"
+            budget -= required
+            self.landed.append(state)
+
+    def _preallocate(self, now: float) -> None:
+        """Reserve KV for the head of the prealloc queue while it fits (FIFO: the head blocks).
+
+        SGLang's ``pop_preallocated``: the budget is the pool's available slots less the larger of
+        ``num_reserved_decode_tokens`` per active request and the room the largest running request could
+        still need beyond what retracting every running request frees, less what retracted requests
+        need back. The head needs its prompt plus the reservation, and at least its prompt plus its
+        clipped output beyond what retraction could free.
+        """
+        reserved = self.num_reserved_decode_tokens
+        running = self.running.reqs.values()
+        step = self.decode_steps
+        retractable = sum(s.input_len + s.decode_start_output + step - s.decode_start for s in running)
+        need_single = (
+            max(min(s.output_len, CLIP_MAX_NEW_TOKENS) + s.input_len for s in running) - retractable
+            if running
+            else 0
+        )
+        owed = sum(s.fill_len + reserved for s in self.retracted)
+        while self.prealloc and self._active_decode_requests() < self.decode_slots:
+            state = self.prealloc[0]
+            budget = (
+                self.pool.available_tokens
+                - max(reserved * self._active_decode_requests(), need_single)
+                - owed
+            )
+            output_estimate = min(state.output_len, CLIP_MAX_NEW_TOKENS)
+            if max(state.input_len + reserved, state.input_len + output_estimate - retractable) > budget:
+                break
+            self.prealloc.popleft()
+            allocated = self.pool.allocate(state.input_len)
+            assert allocated, "prealloc budget exceeded the pool"
+            state.fill_len = state.input_len
+            self.transferring[state.req.request_id] = state
+            if self.on_preallocated is not None:
+                self.on_preallocated(state, now)
+
+    def _take_in(self, now: float) -> None:
+        """Landed requests join the running batch, up to ``max_running_requests``; a new one streams its
+        first token (made by the prefill server) now, with no forward step."""
+        room = self.max_running_requests - len(self.running)
+        while self.landed and room > 0:
+            state = self.landed.popleft()
+            room -= 1
+            if state.first_token_s < 0:
+                state.output_done = 1
+                state.token_segments.append(now)
+                state.first_token_s = now
+                if state.output_done >= state.output_len:
+                    self.pool.release(state.fill_len)
+                    self.finished_early.append(state)
+                    continue
+            self._start_decoding(state)
 
     # ---- results ----------------------------------------------------------------------------------------
     def complete(self, batch: ScheduledBatch, end_s: float) -> list[ReqState]:
@@ -658,23 +864,34 @@ class SGLangScheduler:
                 state.node = node
                 state.locked_len = locked
             if state is self.chunked:
+                if self.role == "prefill":
+                    self.kv_ready.append((state, False))  # SGLang sends each finished chunk's KV
                 continue
             # The prompt is complete: this step sampled the next token.
             state.output_done += 1
             state.token_segments.append(end_s)
             if state.first_token_s < 0:
                 state.first_token_s = end_s
+            if self.role == "prefill":
+                # Its KV stays locked until the decode server has it (the inflight queue).
+                self.inflight[state.req.request_id] = state
+                self.kv_ready.append((state, True))
+                continue
             if state.output_done >= state.output_len:
                 self._finish_idle(state, end_s)
                 finished.append(state)
                 continue
-            state.ctx0 = state.fill_len
-            state.decode_start = self.decode_steps
-            state.decode_start_output = state.output_done
-            state.finish_step = self.decode_steps + state.output_len - state.output_done - 1
-            self.finish_at.setdefault(state.finish_step, []).append(state)
-            self.running.add(state)
+            self._start_decoding(state)
         return finished
+
+    def _start_decoding(self, state: ReqState) -> None:
+        """``state`` (its KV filled up to ``fill_len``) joins the running batch at the next decode step."""
+        state.ctx0 = state.fill_len
+        state.decode_start = self.decode_steps
+        state.decode_start_output = state.output_done
+        state.finish_step = self.decode_steps + state.output_len - state.output_done - 1
+        self.finish_at.setdefault(state.finish_step, []).append(state)
+        self.running.add(state)
 
     def _token_keys(self, state: ReqState, length: int) -> TokenKeys:
         """The page keys the radix nodes of ``state``'s first ``length`` tokens carry (L3 only)."""
