@@ -25,12 +25,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+import numpy as np
 import simpy
 
 from kvsim.cache.events import EventSink
 from kvsim.cache.radix import RadixTree
+from kvsim.cluster.kv_events import EventFeed, KvEventPublisher, PrefixIndex, page_hashes
 from kvsim.cluster.pd import PDSection, parse_pd_section
-from kvsim.cluster.routers import Router, make_router
+from kvsim.cluster.routers import CacheAwareRouter, Router, make_router
 from kvsim.core.errors import ConfigError
 from kvsim.engines.client import BenchClient
 from kvsim.engines.driver import DriverStats, EngineDriver
@@ -200,17 +202,89 @@ class PromptKeys:
         return self._keys
 
 
-class EngineView:
-    """A router's view of one instance: its load and a read-only probe of its radix tree."""
+#: Smallest run of tokens one event hash covers. SGLang publishes one hash per page, so with its
+#: default page size of 1 every token would be an event entry; routers index blocks instead (Dynamo's
+#: ``kv_block_size``), which costs a cache-aware score at most one block of tokens per request.
+EVENT_BLOCK_TOKENS = 16
 
-    def __init__(self, driver: EngineDriver, keys: PromptKeys | None = None) -> None:
-        """``keys`` is shared by the views of one fleet so that a prompt is converted once."""
+
+def event_block(page_size: int) -> int:
+    """Tokens per event hash: the smallest multiple of the page size that is at least
+    :data:`EVENT_BLOCK_TOKENS`."""
+    return page_size * max(1, -(-EVENT_BLOCK_TOKENS // page_size))
+
+
+class CacheEvents:
+    """The router's side of the engines' KV cache events (:mod:`kvsim.cluster.kv_events`): a publisher
+    on every engine's radix tree, one feed with the router's lag, one index; and the one KVCM prefix
+    query per request and store.
+
+    Args:
+        env: the fleet's clock.
+        drivers: the engines, in instance order.
+        lag_s: how long an event takes to reach the index.
+    """
+
+    def __init__(self, env: simpy.Environment, drivers: Sequence[EngineDriver], lag_s: float) -> None:
+        self.env = env
+        self.index = PrefixIndex(len(drivers))
+        self.feed = EventFeed(self.index, lag_s)
+        for index, driver in enumerate(drivers):
+            pool = driver.scheduler.pool
+            if not pool.enable_prefix_cache:
+                continue
+            publisher = KvEventPublisher(
+                index, event_block(pool.page_size), self.feed.publish, lambda: float(env.now)
+            )
+            publisher.attach(pool.tree, tiered=isinstance(pool, HiCacheKVPool))
+        self._hashes: tuple[Request | None, int, list[int]] = (None, 0, [])
+        self._l3: dict[int, tuple[Request, int]] = {}  # id(store) -> (request, pages)
+
+    def page_hashes(self, req: Request, page_size: int) -> list[int]:
+        """The chained page hashes of ``req``'s prompt less its last token, once per request."""
+        cached_req, cached_size, hashes = self._hashes
+        if req is not cached_req or page_size != cached_size:
+            hashes = page_hashes(req.token_ids[: req.input_len - 1], page_size)
+            self._hashes = (req, page_size, hashes)
+        return hashes
+
+    def prefix_hit(self, instance: int, req: Request, page_size: int) -> tuple[int, int]:
+        """``(device, host-only)`` tokens the index says ``instance`` holds, after delivering every
+        event due now (in whole event blocks)."""
+        self.feed.deliver(float(self.env.now))
+        block = event_block(page_size)
+        device, host = self.index.prefix_hit(instance, self.page_hashes(req, block))
+        return device * block, host * block
+
+    def l3_pages(self, store: Any, keys: np.ndarray, req: Request) -> int:
+        """KVCM's prefix of ``keys``, asked once per request and store (a global fleet's engines share
+        one)."""
+        # The engines of a global fleet hold views of one store: ask the store behind them once.
+        target = getattr(store, "store", store)
+        cached = self._l3.get(id(target))
+        if cached is not None and cached[0] is req:
+            return cached[1]
+        pages = int(target.router_prefix(keys, float(self.env.now)))
+        self._l3[id(target)] = (req, pages)
+        return pages
+
+
+class EngineView:
+    """A router's view of one instance: its load, what it holds (from the KV cache events when the
+    fleet has them, else read from its radix tree) and what its KVCM holds."""
+
+    def __init__(self, driver: EngineDriver, keys: PromptKeys | None = None, *, index: int = 0) -> None:
+        """``keys`` is shared by the views of one fleet so that a prompt is converted once; ``index`` is
+        the instance's index in the fleet (its events' instance)."""
         self.driver = driver
+        self.index = index
         self.scheduler: SGLangScheduler = driver.scheduler
         #: prompt + output tokens of requests sent to this instance and not finished (kept by the fleet)
         self.outstanding_tokens = 0
         self._hicache = isinstance(driver.scheduler.pool, HiCacheKVPool)
         self._keys = keys if keys is not None else PromptKeys()
+        #: the fleet's KV cache events (set when its router uses them)
+        self.events: CacheEvents | None = None
 
     def load_tokens(self) -> int:
         """Prompt plus output tokens of the requests sent here and not finished yet.
@@ -230,7 +304,35 @@ class EngineView:
         pool = self.scheduler.pool
         if not pool.enable_prefix_cache or req.input_len <= 1:
             return 0, 0
+        if self.events is not None:
+            return self.events.prefix_hit(self.index, req, pool.page_size)
         return tree_prefix_hit(pool.tree, self._keys.of(req), pool.page_size, tiered=self._hicache)
+
+    def l3_hit(self, req: Request) -> int:
+        """Prompt tokens the instance's KVCM holds as a prefix (0 without KVCM as its L3 store)."""
+        l3 = self.scheduler.l3
+        store = None if l3 is None else getattr(l3.store, "router_prefix", None)
+        if l3 is None or store is None or self.events is None:
+            return 0
+        pages = self.events.l3_pages(l3.store, l3.page_keys.keys(req.request_id), req)
+        return pages * l3.page_size
+
+
+def attach_cache_events(
+    env: simpy.Environment,
+    drivers: Sequence[EngineDriver],
+    views: Sequence[EngineView],
+    routers: Sequence[Router],
+) -> CacheEvents | None:
+    """Give the views the engines' KV cache events when a router scores by cache (``cache_aware``);
+    None (and nothing published) otherwise."""
+    lags = [r.event_lag_s for r in routers if isinstance(r, CacheAwareRouter)]
+    if not lags:
+        return None
+    events = CacheEvents(env, drivers, min(lags))
+    for view in views:
+        view.events = events
+    return events
 
 
 class TaggedLog:
@@ -275,9 +377,7 @@ class Fleet:
         self.on_finish = on_finish
         self.drivers: list[EngineDriver] = []
         for index, build in enumerate(builds):
-            log = (
-                None if iteration_log is None else cast(IterationLogWriter, TaggedLog(iteration_log, index))
-            )
+            log = None if iteration_log is None else cast(IterationLogWriter, TaggedLog(iteration_log, index))
             driver = EngineDriver(
                 build.scheduler,
                 build.predictor,
@@ -289,7 +389,8 @@ class Fleet:
             driver.expected_requests = 0  # raised as the router sends requests to it
             self.drivers.append(driver)
         keys = PromptKeys()
-        self.views = [EngineView(driver, keys) for driver in self.drivers]
+        self.views = [EngineView(driver, keys, index=i) for i, driver in enumerate(self.drivers)]
+        self.cache_events = attach_cache_events(self.env, self.drivers, self.views, [router])
         #: request id -> instance index, the router's decisions
         self.assignments: dict[int, int] = {}
         self.client = BenchClient(self.env, workload.requests, self._send, max_concurrency, self._maybe_end)

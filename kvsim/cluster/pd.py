@@ -297,9 +297,7 @@ class TransferNetwork:
             bound = level * (1 + _RATE_SLACK)
             full = {nic for nic, count in users.items() if left[nic] / count <= bound}
             fixed = [
-                t
-                for t in unfixed
-                if t.rate_cap <= bound or ("out", t.src) in full or ("in", t.dst) in full
+                t for t in unfixed if t.rate_cap <= bound or ("out", t.src) in full or ("in", t.dst) in full
             ]
             for transfer in fixed:
                 transfer.rate = level

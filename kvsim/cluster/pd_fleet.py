@@ -44,6 +44,7 @@ from kvsim.cluster.fleet import (
     EngineView,
     PromptKeys,
     TaggedLog,
+    attach_cache_events,
     fleet_metrics,
     instance_config,
 )
@@ -194,9 +195,7 @@ class PDFleet:
         self.drivers: list[EngineDriver] = []
         for index, (build, role) in enumerate(zip(builds, self.roles, strict=True)):
             build.scheduler.configure_pd(role, pd.num_reserved_decode_tokens)
-            log = (
-                None if iteration_log is None else cast(IterationLogWriter, TaggedLog(iteration_log, index))
-            )
+            log = None if iteration_log is None else cast(IterationLogWriter, TaggedLog(iteration_log, index))
             driver = EngineDriver(
                 build.scheduler,
                 build.predictor,
@@ -212,7 +211,7 @@ class PDFleet:
                 build.scheduler.on_preallocated = self._preallocated
             self.drivers.append(driver)
         keys = PromptKeys()
-        self.views = [EngineView(driver, keys) for driver in self.drivers]
+        self.views = [EngineView(driver, keys, index=i) for i, driver in enumerate(self.drivers)]
         self.prefill_views = self.views[: pd.prefill_instances]
         self.decode_views = self.views[pd.prefill_instances :]
         self.prefill_router = make_router(
@@ -220,6 +219,10 @@ class PDFleet:
         )
         self.decode_router = make_router(
             pd.decode_router, pd.decode_router_params, prefix="cluster.pd.decode_"
+        )
+        # Decode servers keep no prefix cache: only the prefill pool's trees publish events.
+        attach_cache_events(
+            self.env, self.drivers[: pd.prefill_instances], self.prefill_views, [self.prefill_router]
         )
         self.nic_bandwidth = _nic_bandwidth(pd, builds)
         capacity = [bw * b.deployment.tp for bw, b in zip(self.nic_bandwidth, builds, strict=True)]

@@ -14,14 +14,19 @@ deterministic: ties always go to the lowest instance index, so a run is reproduc
     ``block_tokens`` prompt tokens (default 512, the Mooncake trace's block), mod N. Requests of one
     conversation, or sharing a first block, always land on the same instance.
 ``cache_aware``
-    ``score = hit_weight * (device_hit + host_weight * host_hit) - load_weight * load_tokens`` and
-    the highest score wins. ``device_hit``/``host_hit`` are the prompt tokens (whole pages, the last
-    prompt token excluded, as the engine matches) that the instance's radix tree holds in device and
-    only-host memory: the prefill the instance would save. ``load_tokens`` is ``least_load``'s load.
-    Defaults ``hit_weight=1.0``, ``host_weight=0.8`` (a host hit still costs a load-back over PCIe),
-    ``load_weight=0.1`` (a token of outstanding work weighs a tenth of a prompt token saved); all
-    three are set in ``cluster.router_params``. The router reads the engines' trees directly, which is
-    what a router fed by every engine's cache events (Dynamo, llm-d) would know, without the event lag.
+    ``score = hit_weight * (device_hit + host_weight * host_hit + l3_weight * l3_extra)
+    - load_weight * load_tokens`` and the highest score wins. ``device_hit``/``host_hit`` are the
+    prompt tokens (whole pages, the last prompt token excluded, as the engine matches) the instance
+    holds in device and only-host memory, from the router's own index of the engines' KV cache events
+    (:mod:`kvsim.cluster.kv_events`; the events reach it ``event_lag_s`` after they happen, as over
+    Dynamo's or llm-d's event bus). ``l3_extra`` is what KVCM holds of the prompt beyond that: the
+    router asks the instance's KVCM (the shared one in a global fleet) for the L3 prefix only, with one
+    ``GetCacheLocation`` prefix match per request and KVCM, and counts the tokens past the instance's
+    device and host hit (a prefetch from storage saves prefill too, at storage speed).
+    ``load_tokens`` is ``least_load``'s load. Defaults ``hit_weight=1.0``, ``host_weight=0.8`` (a host
+    hit still costs a load-back over PCIe), ``l3_weight=0.5`` (a storage read is slower still),
+    ``load_weight=0.1`` (a token of outstanding work weighs a tenth of a prompt token saved),
+    ``event_lag_s=0.01``; all set in ``cluster.router_params``.
 """
 
 from __future__ import annotations
@@ -47,6 +52,10 @@ class InstanceView(Protocol):
 
     def prefix_hit(self, req: Request) -> tuple[int, int]:
         """Prompt tokens of ``req`` cached on the instance: ``(device, host-only)``, whole pages."""
+        ...
+
+    def l3_hit(self, req: Request) -> int:
+        """Prompt tokens of ``req`` the instance's KVCM holds (0 without a KVCM L3)."""
         ...
 
 
@@ -110,22 +119,39 @@ class CacheAwareRouter:
 
     name = "cache_aware"
 
-    def __init__(self, hit_weight: float = 1.0, host_weight: float = 0.8, load_weight: float = 0.1) -> None:
+    def __init__(
+        self,
+        hit_weight: float = 1.0,
+        host_weight: float = 0.8,
+        load_weight: float = 0.1,
+        l3_weight: float = 0.5,
+        event_lag_s: float = 0.01,
+    ) -> None:
         for key, value in (
             ("hit_weight", hit_weight),
             ("host_weight", host_weight),
             ("load_weight", load_weight),
+            ("l3_weight", l3_weight),
+            ("event_lag_s", event_lag_s),
         ):
-            if not value >= 0:
-                raise ConfigError(f"cluster.router_params.{key}: must be >= 0, got {value}")
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
+                raise ConfigError(f"cluster.router_params.{key}: must be a finite number >= 0, got {value!r}")
         self.hit_weight = float(hit_weight)
         self.host_weight = float(host_weight)
         self.load_weight = float(load_weight)
+        self.l3_weight = float(l3_weight)
+        #: how long the engines' KV cache events take to reach the router's index
+        self.event_lag_s = float(event_lag_s)
 
     def score(self, req: Request, view: InstanceView) -> float:
-        """``hit_weight * (device + host_weight * host) - load_weight * load_tokens``."""
+        """``hit_weight * (device + host_weight * host + l3_weight * l3_extra) - load_weight * load``."""
         device, host = view.prefix_hit(req)
-        return self.hit_weight * (device + self.host_weight * host) - self.load_weight * view.load_tokens()
+        saved = device + self.host_weight * host
+        if self.l3_weight:
+            l3 = view.l3_hit(req)
+            if l3 > device + host:
+                saved += self.l3_weight * (l3 - device - host)
+        return self.hit_weight * saved - self.load_weight * view.load_tokens()
 
     def choose(self, req: Request, instances: Sequence[InstanceView]) -> int:
         """The highest score (ties: lowest index)."""
@@ -143,7 +169,7 @@ _PARAMS: dict[str, tuple[str, ...]] = {
     "round_robin": (),
     "least_load": (),
     "session_affinity": ("block_tokens",),
-    "cache_aware": ("hit_weight", "host_weight", "load_weight"),
+    "cache_aware": ("hit_weight", "host_weight", "load_weight", "l3_weight", "event_lag_s"),
 }
 
 

@@ -28,12 +28,16 @@ class FakeView:
     load: int
     device: int = 0
     host: int = 0
+    l3: int = 0
 
     def load_tokens(self) -> int:
         return self.load
 
     def prefix_hit(self, req: Request) -> tuple[int, int]:
         return self.device, self.host
+
+    def l3_hit(self, req: Request) -> int:
+        return self.l3
 
 
 def _req(rid: int = 0, tokens: list[int] | None = None, session: int | None = None) -> Request:
@@ -85,6 +89,18 @@ def test_cache_aware_score_and_choice() -> None:
     assert CacheAwareRouter(host_weight=0.5, load_weight=2.0).choose(_req(), views) == 0
 
 
+def test_cache_aware_counts_only_the_l3_prefix_beyond_memory() -> None:
+    router = CacheAwareRouter(hit_weight=1.0, host_weight=0.5, load_weight=0.0, l3_weight=0.25)
+    views = [
+        FakeView(load=0, device=1024, l3=4096),  # 1024 + 0.25 * 3072 = 1792
+        FakeView(load=0, device=512, host=1024, l3=1024),  # 512 + 512 + 0 (KVCM adds nothing here)
+        FakeView(load=0, l3=4096),  # 0.25 * 4096 = 1024
+    ]
+    assert [router.score(_req(), v) for v in views] == [1792.0, 1024.0, 1024.0]
+    assert router.choose(_req(), views) == 0
+    assert CacheAwareRouter(l3_weight=0.0).score(_req(), FakeView(load=0, l3=4096)) == 0.0
+
+
 def test_cache_aware_ties_go_to_lowest_index() -> None:
     assert CacheAwareRouter().choose(_req(), [FakeView(100), FakeView(100)]) == 0
 
@@ -94,8 +110,10 @@ def test_make_router_rejects_unknown_names_and_params() -> None:
         make_router("nearest")
     with pytest.raises(ConfigError, match=r"router_params.alpha: not a parameter of cache_aware"):
         make_router("cache_aware", {"alpha": 1})
-    with pytest.raises(ConfigError, match=r"load_weight: must be >= 0, got -1"):
+    with pytest.raises(ConfigError, match=r"load_weight: must be a finite number >= 0, got -1"):
         make_router("cache_aware", {"load_weight": -1})
+    with pytest.raises(ConfigError, match=r"router_params.event_lag_s: must be a finite number >= 0"):
+        make_router("cache_aware", {"event_lag_s": float("inf")})
     assert make_router("cache_aware", {"load_weight": 0.5}).load_weight == 0.5  # type: ignore[attr-defined]
 
 

@@ -457,6 +457,7 @@ class KvcmStore:
         self.failed_read_pages = 0
         self.failed_queries = 0
         self.health_changes = 0
+        self.router_queries = 0  # prefix matches a cache-aware router asked for
 
     def storage_names(self) -> tuple[str, ...]:
         """The names of the ``kvcm:`` storages."""
@@ -520,6 +521,22 @@ class KvcmStore:
             else:
                 runs.append((tier, 1))
         return runs
+
+    def router_prefix(self, keys: np.ndarray, now: float) -> int:
+        """Pages of ``keys`` KVCM holds as a prefix, for a cache-aware router asking it (a
+        ``GetCacheLocation`` prefix match of its own: it counts as a read for KVCM's access statistics,
+        as a real router's call would, but not in this engine's L3 totals). 0 when KVCM refuses."""
+        self.clock.set(max(now, self.clock.now()))
+        self.router_queries += 1
+        try:
+            result = self.manager.get_cache_location(
+                GetCacheLocationRequest(
+                    instance_id=self.instance_id, query_type=QueryType.QT_PREFIX_MATCH, block_keys=keys
+                )
+            )
+        except CacheError:
+            return 0
+        return len(result.locations)
 
     def start_write(self, keys: np.ndarray, now: float) -> WriteTicket:
         """``StartWriteCache``: KVCM's answer (cached pages, where the new ones go) or its refusal."""
@@ -665,6 +682,10 @@ class SharedKvcmView:
     def next_deadline(self) -> float | None:
         """The shared manager's next deadline."""
         return self.store.next_deadline()
+
+    def router_prefix(self, keys: np.ndarray, now: float) -> int:
+        """The shared manager's answer to a router (see :meth:`KvcmStore.router_prefix`)."""
+        return self.store.router_prefix(keys, now)
 
     @property
     def faulted(self) -> bool:
