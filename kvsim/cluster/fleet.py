@@ -11,7 +11,8 @@ L3 controller. With the ``kvcm`` storage backend, ``cluster.kvcm_scope`` says wh
 ``local`` (the default) gives each engine its own KVCM manager, instance id and group quota; ``global``
 registers every engine under one instance id of one shared manager, so one engine's backups are every
 engine's prefetch hits and all draw on one quota (:class:`~kvsim.engines.sglang.kvcm_store.SharedKvcmView`).
-The KVCM event log is kept only for a one-instance fleet (several logs in one file would not replay).
+KVCM's event log is written per manager: one file for a one-instance or global fleet, one per instance
+for a local one (:func:`~kvsim.cluster.output.write_cluster_run`).
 With ``cluster.shared_tiers: true`` the engines' L3 transfers share each storage tier's bandwidth
 (:class:`~kvsim.engines.sglang.storage.L3Group`); otherwise each engine has a tier's full bandwidth.
 With ``cluster.pd`` the fleet is disaggregated into prefill and decode pools: :func:`run_cluster`
@@ -457,8 +458,13 @@ def run_cluster(
     on_finish: Callable[[int], None] | None = None,
     workload: Workload | None = None,
     kvcm_events: EventSink | None = None,
+    kvcm_event_sinks: Callable[[int], EventSink | None] | None = None,
 ) -> ClusterResult:
-    """Simulate the fleet of a resolved experiment config (its ``cluster:`` section); deterministic."""
+    """Simulate the fleet of a resolved experiment config (its ``cluster:`` section); deterministic.
+
+    KVCM's event log: ``kvcm_event_sinks(i)`` gives the sink of instance ``i``'s manager (None: no
+    log); a global fleet's one manager is instance 0's. Without it, ``kvcm_events`` is the log of a
+    one-instance fleet."""
     section = parse_cluster_section(config.get("cluster"))
     if section.pd is not None:
         # Imported here: the PD fleet is built from this module's parts.
@@ -467,12 +473,24 @@ def run_cluster(
         return run_pd_cluster(
             config, section, iteration_log=iteration_log, on_finish=on_finish, workload=workload
         )
-    events = kvcm_events if section.instances == 1 else None
-    first = build_engine(instance_config(config, section, 0), workload=workload, kvcm_events=events)
+    if kvcm_event_sinks is None:
+
+        def kvcm_event_sinks(index: int) -> EventSink | None:
+            return kvcm_events if section.instances == 1 else None
+
+    first = build_engine(
+        instance_config(config, section, 0), workload=workload, kvcm_events=kvcm_event_sinks(0)
+    )
     builds = [first]
     # The workload is built once, by instance 0 (its context length truncates the prompts), and shared.
     for index in range(1, section.instances):
-        builds.append(build_engine(instance_config(config, section, index), workload=first.workload))
+        builds.append(
+            build_engine(
+                instance_config(config, section, index),
+                workload=first.workload,
+                kvcm_events=kvcm_event_sinks(index),
+            )
+        )
     shared = share_kvcm(builds) if section.kvcm_scope == "global" and section.instances > 1 else None
     fleet = Fleet(
         builds,

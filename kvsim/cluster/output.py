@@ -23,7 +23,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from kvsim.cache.events import JsonlFileSink
-from kvsim.cluster.fleet import ClusterResult, parse_cluster_section, run_cluster
+from kvsim.cluster.fleet import ClusterResult, instance_config, parse_cluster_section, run_cluster
 from kvsim.engines.experiment import KVCM_EVENTS_FILE, staged_run_dir
 from kvsim.metrics import ITERATIONS_FILE, REQUESTS_FILE, IterationLogWriter, format_report, write_metrics
 from kvsim.metrics.plots import LATENCY_CDF_PNG, THROUGHPUT_PNG, plot_latency_cdf, plot_throughput
@@ -111,6 +111,11 @@ def _hit_rate(result: ClusterResult, index: int) -> float:
     return sum(r.cached_tokens for r in records) / prompt if prompt else 0.0
 
 
+def kvcm_events_file(index: int) -> str:
+    """The event log of instance ``index``'s own KVCM manager in a local fleet's run directory."""
+    return f"kvcm_events.instance{index}.jsonl"
+
+
 def write_cluster_run(
     config: Mapping[str, Any],
     output_dir: str | Path,
@@ -122,20 +127,31 @@ def write_cluster_run(
     """Run the fleet and write its run directory; nothing is left behind if the run fails (staged as
     :func:`kvsim.engines.experiment.write_run` stages a single engine's)."""
     with staged_run_dir(output_dir, wall_clock) as (staging, info):
-        server = config.get("server") or {}
-        one = parse_cluster_section(config.get("cluster")).instances == 1
-        # KVCM's event log is kept for a one-instance fleet only (see kvsim.cluster.fleet).
-        events = (
-            JsonlFileSink(staging / KVCM_EVENTS_FILE)
-            if one and server.get("hicache_storage_backend") == "kvcm"
-            else None
-        )
+        section = parse_cluster_section(config.get("cluster"))
+        sinks: list[JsonlFileSink] = []
+
+        def event_sink(index: int) -> JsonlFileSink | None:
+            # One log per KVCM manager: a global fleet's one manager is instance 0's.
+            server = instance_config(config, section, index).get("server") or {}
+            if server.get("hicache_storage_backend") != "kvcm":
+                return None
+            if section.instances == 1 or section.kvcm_scope == "global":
+                if index:
+                    return None
+                name = KVCM_EVENTS_FILE
+            else:
+                name = kvcm_events_file(index)
+            sinks.append(JsonlFileSink(staging / name))
+            return sinks[-1]
+
         with IterationLogWriter(staging / ITERATIONS_FILE) as log:
             try:
-                result = run_cluster(config, iteration_log=log, on_finish=on_finish, kvcm_events=events)
+                result = run_cluster(
+                    config, iteration_log=log, on_finish=on_finish, kvcm_event_sinks=event_sink
+                )
             finally:
-                if events is not None:
-                    events.close()
+                for sink in sinks:
+                    sink.close()
         write_metrics(staging, result.metrics)
         write_cluster_requests(staging / REQUESTS_FILE, result)
         (staging / "config.resolved.yaml").write_text(

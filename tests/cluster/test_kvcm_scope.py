@@ -4,6 +4,7 @@ per engine; the shared manager's clock under engines that act lazily; the Moonca
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,9 +12,11 @@ import pytest
 
 from kvsim.cluster import run_cluster
 from kvsim.cluster.fleet import parse_cluster_section
+from kvsim.cluster.output import write_cluster_run
 from kvsim.core.errors import ConfigError
 from kvsim.engines.experiment import resolve_config
 from kvsim.engines.sglang.kvcm_store import KvcmStore, SharedKvcmView, parse_kvcm_section
+from kvsim.workloads.publisher_log import iter_publisher_events
 from tests.conftest import REPO_ROOT, shared_path
 
 L3_KVCM = {
@@ -115,3 +118,21 @@ def test_global_cache_beats_local_on_mooncake() -> None:
     assert shared["prefix_cache_reused_ratio"] > local["prefix_cache_reused_ratio"]
     assert shared["l3_hit_ratio"] > local["l3_hit_ratio"]
     assert shared["mean_ttft_ms"] < local["mean_ttft_ms"]
+
+
+@pytest.mark.parametrize("scope", ["local", "global"])
+def test_run_directory_holds_one_event_log_per_manager(tmp_path: Path, scope: str) -> None:
+    result, run_dir = write_cluster_run(
+        _config(L3_KVCM, instances=2, kvcm_scope=scope), tmp_path / scope, plots=False
+    )
+    per_instance = [m["kvcm_events"] for m in result.metrics["instances"]]
+    if scope == "global":
+        names = ["kvcm_events.jsonl"]
+        counts = [per_instance[0]]  # the one manager's, reported by instance 0
+    else:
+        names = ["kvcm_events.instance0.jsonl", "kvcm_events.instance1.jsonl"]
+        counts = per_instance
+    assert sorted(p.name for p in run_dir.glob("kvcm_events*.jsonl")) == names
+    for name, count in zip(names, counts, strict=True):
+        records = list(iter_publisher_events(run_dir / name))
+        assert len(records) == count > 0
