@@ -47,7 +47,7 @@ from kvsim.cache import (
     StartWriteCacheRequest,
     default_instance_group,
 )
-from kvsim.serve.catalog import SERVICE_KINDS, RpcInfo, rpcs
+from kvsim.serve.catalog import ALL_SERVICE_KINDS, RpcInfo, rpcs
 from kvsim.serve.client import CacheClient
 from kvsim.serve.server import Endpoints, ServerThread
 from kvsim.serve.service import KvcmService
@@ -57,8 +57,9 @@ from .conftest import make_settings, new_manager
 SENTINEL = "sentinel-instance"
 PROTECTED = frozenset({SENTINEL, "default", "nfs_01"})
 FUZZ_GROUP = "fz"
-ALL_RPCS: list[RpcInfo] = [info for kind in SERVICE_KINDS for info in rpcs(kind).values()]
-#: Every RPC; the 8 meta RPCs (the hot path) are drawn as often as the 31 others together.
+ALL_RPCS: list[RpcInfo] = [info for kind in ALL_SERVICE_KINDS for info in rpcs(kind).values()]
+#: Every RPC (the KV meta API's included); the 8 meta RPCs (the hot path) are drawn as often as all the
+#: others together.
 RPCS = st.one_of(
     st.sampled_from(list(rpcs("meta").values())),
     st.sampled_from([info for info in ALL_RPCS if info.kind != "meta"]),
@@ -127,7 +128,9 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Endpoints
     mgr.create_instance_group(type(group)(**{**_fields(group), "name": FUZZ_GROUP}))
     thread = ServerThread(
         KvcmService(mgr, clock=mgr.clock),
-        make_settings(tmp_path_factory.mktemp("fuzz"), max_body_bytes=64 << 10),
+        make_settings(
+            tmp_path_factory.mktemp("fuzz"), max_body_bytes=64 << 10, kv_rpc_port=0, kv_http_port=0
+        ),
         background_poll=False,
     )
     ep = thread.start()
@@ -221,6 +224,7 @@ FIELD_HINTS: dict[str, st.SearchStrategy[Any]] = {
     "write_timeout_seconds": st.integers(1, 60),
     "offset": st.integers(0, 20),
     "location_spec_names": st.sampled_from(["tp0", "tp1"]),
+    "keys": st.sampled_from(["a", "b", "c", "prefix/0", "prefix/1", ""]),
 }
 
 _INT32_TYPES = {FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SFIXED32}
@@ -239,7 +243,8 @@ def _repeated(fd: FieldDescriptor) -> bool:
 
 
 def _hint(fd: FieldDescriptor) -> st.SearchStrategy[Any] | None:
-    return FIELD_HINTS.get(fd.name) if fd.full_name.startswith("kv_cache_manager.proto.meta.") else None
+    hinted = fd.full_name.startswith(("kv_cache_manager.proto.meta.", "kv_cache_manager.proto.kv_meta."))
+    return FIELD_HINTS.get(fd.name) if hinted else None
 
 
 def _scalar(fd: FieldDescriptor, depth: int) -> st.SearchStrategy[Any]:
@@ -388,7 +393,12 @@ class Http:
 
 
 def _http_port(ep: Endpoints, info: RpcInfo) -> int:
-    port = {"meta": ep.http_port, "admin": ep.admin_http_port, "debug": ep.debug_http_port}[info.kind]
+    port = {
+        "meta": ep.http_port,
+        "admin": ep.admin_http_port,
+        "debug": ep.debug_http_port,
+        "kv_meta": ep.kv_http_port,
+    }[info.kind]
     assert port is not None
     return port
 
@@ -428,7 +438,8 @@ def test_fuzz_http_json(
 def test_fuzz_grpc_bytes(fuzzed: tuple[Endpoints, Sentinel], case: tuple[RpcInfo, bytes]) -> None:
     ep, _ = fuzzed
     info, data = case
-    port = ep.rpc_port if info.kind == "meta" else ep.admin_rpc_port
+    port = {"meta": ep.rpc_port, "kv_meta": ep.kv_rpc_port}.get(info.kind, ep.admin_rpc_port)
+    assert port is not None
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         call = channel.unary_unary(info.grpc_path)  # bytes in, bytes out
         try:
