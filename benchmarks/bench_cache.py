@@ -1,7 +1,8 @@
 """Throughput of kvsim.cache on one core (memory store, simulated backend); prints figures.
 
 Targets from issue 4: >= 20,000 prefix matches/s of 64 keys with half hits, and >= 5,000
-StartWriteCache+FinishWriteCache pairs/s of 16 new keys. Also reports block-key hashing and the
+StartWriteCache+FinishWriteCache pairs/s of 16 new keys. Also reports the string-key KV meta API,
+block-key hashing and the
 radix tree (insert / match / evict at ~50k nodes), which the engine simulator leans on.
 
 Each figure is measured ``--repeats`` times on fresh state. The headline is operations per second of
@@ -36,6 +37,14 @@ from kvsim.cache import (
     StartWriteCacheRequest,
     block_keys,
     default_startup_config,
+)
+from kvsim.cache.kv_meta import (
+    KvGetRequest,
+    KvMetaManager,
+    KvPutFinishRequest,
+    KvPutStartRequest,
+    KvQueryType,
+    KvRegisterInstanceRequest,
 )
 from kvsim.core import ManualClock, make_rng
 
@@ -125,6 +134,41 @@ def write_setup(n: int) -> Setup:
     return setup
 
 
+def kv_setups(n: int) -> tuple[Setup, Setup]:
+    """The string-key KV meta API over the same manager: two-phase puts of 16 new keys, and batch gets
+    of 16 keys of which 8 are stored."""
+    names = [[f"bench/{i}/{j}" for j in range(16)] for i in range(n)]
+
+    def kv_manager() -> KvMetaManager:
+        kv = KvMetaManager(make_manager(), default_value_size_bytes=16 << 10)
+        kv.register_instance(KvRegisterInstanceRequest(instance_group="default", instance_id="kv"))
+        return kv
+
+    def put() -> tuple[int, Callable[[int], object]]:
+        kv = kv_manager()
+
+        def pair(i: int) -> None:
+            res = kv.put_start(
+                KvPutStartRequest(instance_id="kv", keys=tuple(names[i]), write_timeout_seconds=30)
+            )
+            kv.put_finish(KvPutFinishRequest(instance_id="kv", write_session_id=res.write_session_id))
+
+        return n, pair
+
+    def get() -> tuple[int, Callable[[int], object]]:
+        kv = kv_manager()
+        for i in range(500):
+            res = kv.put_start(KvPutStartRequest(instance_id="kv", keys=tuple(names[i][:8])))
+            kv.put_finish(KvPutFinishRequest(instance_id="kv", write_session_id=res.write_session_id))
+        requests = [
+            KvGetRequest(instance_id="kv", query_type=KvQueryType.QT_BATCH_GET, keys=tuple(names[i % 500]))
+            for i in range(500)
+        ]
+        return n, lambda i: kv.get(requests[i % 500])
+
+    return put, get
+
+
 def radix_setups(n: int) -> tuple[Setup, Setup, Setup]:
     rng = np.random.default_rng(3)  # benchmark data only
     bases = [tuple(rng.integers(0, 1 << 40, size=32).tolist()) for _ in range(200)]
@@ -172,6 +216,9 @@ def main() -> None:
         lambda: (int(2_000 * scale), lambda i: block_keys(tokens, 16)),
         repeats,
     )
+    put, get = kv_setups(int(10_000 * scale))
+    measure("KV meta put start+finish, 16 new string keys", "pairs", put, repeats)
+    measure("KV meta batch get, 16 string keys, 8 stored", "gets", get, repeats)
     insert, match, evict = radix_setups(int(50_000 * scale))
     measure("radix insert (32-63 blocks, shared prefixes)", "inserts", insert, repeats)
     measure("radix match_prefix with access stats", "matches", match, repeats)
