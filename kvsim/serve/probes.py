@@ -2,23 +2,22 @@
 
 The cache runs its probes synchronously from ``poll`` (:mod:`kvsim.cache.health`). In a live server a
 probe of an NFS mount whose server went away can block for minutes, and ``poll`` runs on the event loop
-that serves every request. :class:`DeadlineProber` runs each backend's probe on a small thread pool and
+that serves every request. :class:`DeadlineProber` runs each backend's probe on a thread of its own and
 waits at most ``timeout_s``: a probe that is late has failed. A backend whose previous probe is still
 stuck is not probed again (that would only pile up blocked threads); it fails at once until the stuck
-probe returns.
+probe returns. The threads are daemons, so a probe stuck in the kernel on a dead mount never keeps the
+process from exiting after SIGTERM (a thread pool's workers are joined at exit).
 """
 
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
+import threading
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 
 from kvsim.cache.backends.base import StorageBackend
 from kvsim.cache.health import DEFAULT_PROBE_BYTES, ProbeResult
 from kvsim.core import PerfTimer, Timer
-
-#: Threads probing at once; more than one so that one hung mount does not delay the others' probes.
-PROBE_THREADS = 4
 
 
 class DeadlineProber:
@@ -38,7 +37,6 @@ class DeadlineProber:
         self._timeout_s = timeout_s
         self._probe_bytes = probe_bytes
         self._timer: Timer = timer or PerfTimer()
-        self._pool = ThreadPoolExecutor(PROBE_THREADS, thread_name_prefix="kvsim-probe")
         self._stuck: dict[str, Future[ProbeResult]] = {}
 
     def __call__(self, backend: StorageBackend) -> ProbeResult:
@@ -51,7 +49,15 @@ class DeadlineProber:
                     False, error=f"storage {name!r}: an earlier probe has not returned yet (hung storage?)"
                 )
             del self._stuck[name]
-        future = self._pool.submit(backend.probe, self._timer, self._probe_bytes)
+        future: Future[ProbeResult] = Future()
+
+        def run() -> None:
+            try:
+                future.set_result(backend.probe(self._timer, self._probe_bytes))
+            except BaseException as exc:  # handed to the caller, who counts a failed probe
+                future.set_exception(exc)
+
+        threading.Thread(target=run, name=f"kvsim-probe-{name}", daemon=True).start()
         try:
             return future.result(timeout=self._timeout_s)
         except FutureTimeout:
@@ -62,9 +68,5 @@ class DeadlineProber:
                 error=f"storage {name!r}: probe did not answer within {self._timeout_s:g} s",
             )
 
-    def close(self) -> None:
-        """Stop the pool without waiting for stuck probes."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
-
-__all__ = ["PROBE_THREADS", "DeadlineProber"]
+__all__ = ["DeadlineProber"]

@@ -106,7 +106,6 @@ def test_deadline_prober_fails_a_hung_probe_and_does_not_pile_up() -> None:
         assert result == ProbeResult(True, 0.5)
     finally:
         backend.release.set()
-        prober.close()
     with pytest.raises(ValueError, match="timeout_s: must be > 0"):
         DeadlineProber(0)
 
