@@ -35,7 +35,16 @@ def ray_session() -> Iterator[None]:
     import ray
 
     # address="local": a Ray of its own even where `ray start` left a cluster (or its address file).
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # On a loaded 2-core machine Ray's node can miss its own startup deadline once; a second start is
+    # what an operator would do, and the tests below still judge the sweep, not Ray's boot time.
+    for attempt in range(2):
+        try:
+            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt:
+                raise
     yield
     ray.shutdown()
 
