@@ -8,54 +8,17 @@ from typing import Any
 
 from kvsim.cluster import run_cluster
 from kvsim.cluster.fleet import Fleet, event_block, make_router
-from kvsim.cluster.kv_events import DEVICE, HOST, page_hashes
-from kvsim.engines.experiment import build_engine, resolve_config
+from kvsim.engines.experiment import build_engine
 from kvsim.engines.sglang.hicache import HiCacheKVPool
 from kvsim.engines.sglang.kvcm_store import KvcmStore
-
-SMALL = {
-    "workload": {"gsp_num_groups": 4, "gsp_prompts_per_group": 6, "gsp_output_len": 64, "request_rate": 8}
-}
-HICACHE = {
-    "server": {"enable_hierarchical_cache": True, "max_total_tokens": 6000, "hicache_ratio": 2.0},
-    "workload": SMALL["workload"],
-}
-L3_KVCM = {
-    "server": {
-        "enable_hierarchical_cache": True,
-        "max_total_tokens": 6000,
-        "hicache_storage_backend": "kvcm",
-    },
-    "workload": {**SMALL["workload"], "max_concurrency": 5},
-}
+from tests.cluster.test_fleet import HICACHE, L3_KVCM, SMALL
+from tests.cluster.test_fleet import _fleet_config as _config
+from tests.cluster.test_kv_events import tree_pages
 
 
-def _config(base: dict[str, Any], **cluster: Any) -> dict[str, Any]:
-    config = resolve_config(None, base)
-    config["cluster"] = cluster
-    return config
-
-
-def tree_pages(pool: Any) -> dict[int, int]:
-    """Page hash -> tier bits of everything an engine's tree holds, computed from scratch."""
-    tree, size = pool.tree, event_block(pool.page_size)
-    tiered = isinstance(pool, HiCacheKVPool)
-    names = tree.tier_names
-    out: dict[int, int] = {}
-    for node in tree.iter_nodes():
-        if node is tree.root:
-            continue
-        path = list(tree.full_key(node))
-        start = len(path) - len(node.key)
-        bits = DEVICE
-        if tiered:
-            bits = (DEVICE if node.tiers & (1 << names.index("device")) else 0) | (
-                HOST if node.tiers & (1 << names.index("host")) else 0
-            )
-        for p, h in enumerate(page_hashes(path, size)):
-            if start < (p + 1) * size <= len(path) and bits:
-                out[h] = bits
-    return out
+def tree_pages_of(pool: Any) -> dict[int, int]:
+    """What an engine's tree holds, in the router's event blocks."""
+    return tree_pages(pool.tree, event_block(pool.page_size), tiered=isinstance(pool, HiCacheKVPool))
 
 
 def _fleet(base: dict[str, Any], instances: int, **params: Any) -> Fleet:
@@ -77,7 +40,7 @@ def test_index_equals_the_engines_trees_after_a_run() -> None:
         assert events is not None and events.index.applied > 0
         events.feed.deliver(float("inf"))
         for index, driver in enumerate(fleet.drivers):
-            assert events.index._held[index] == tree_pages(driver.scheduler.pool)
+            assert events.index._held[index] == tree_pages_of(driver.scheduler.pool)
 
 
 def test_a_router_blind_to_events_finds_fewer_hits() -> None:

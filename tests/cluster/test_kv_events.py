@@ -114,24 +114,26 @@ def test_feed_delivers_after_the_lag_in_order() -> None:
         EventFeed(index, -1.0)
 
 
-def tree_pages(tree: RadixTree) -> dict[int, int]:
-    """Page hash -> tier bits of everything the tree holds, computed from scratch."""
+def tree_pages(tree: RadixTree, size: int = P, *, tiered: bool = True) -> dict[int, int]:
+    """Block hash -> tier bits of everything the tree holds, computed from scratch (``size`` tokens per
+    block; an untiered tree holds everything on device)."""
+    names = tree.tier_names
     out: dict[int, int] = {}
     for node in tree.iter_nodes():
         if node is tree.root:
             continue
         path = list(tree.full_key(node))
         start = len(path) - len(node.key)
-        # The node owns the pages whose last token it holds.
-        hashes = [h for p, h in enumerate(page_hashes(path, P)) if start < (p + 1) * P <= len(path)]
-        bits = 0
-        if node.tiers & 1:
-            bits |= DEVICE
-        if node.tiers & 2:
-            bits |= HOST
-        for h in hashes:
-            out[h] = bits
-    return {h: b for h, b in out.items() if b}
+        bits = DEVICE
+        if tiered:
+            bits = (DEVICE if node.tiers & (1 << names.index("device")) else 0) | (
+                HOST if node.tiers & (1 << names.index("host")) else 0
+            )
+        # The node owns the blocks whose last token it holds.
+        for p, h in enumerate(page_hashes(path, size)):
+            if start < (p + 1) * size <= len(path) and bits:
+                out[h] = bits
+    return out
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -16,6 +16,7 @@ from kvsim.engines.sglang.faults import FaultPlan, StorageFault, check_storages,
 from kvsim.engines.sglang.storage import PlainStore, WriteTicket
 from kvsim.engines.sglang.storage_io import TransferIO
 from kvsim.hardware.storage import StorageTier
+from tests.engines.test_l3_runs import GSP_L3
 
 GB = 1e9
 
@@ -153,34 +154,12 @@ def test_plain_store_down_misses_and_refuses() -> None:
 
 # ------------------------------------------------------------------------------------------ whole runs
 
-# 8 groups of 16 prompts sharing 2048-token system prompts at 2 req/s, on a 12k-token device pool and a
-# 14.4k-token host pool: system prompts fall out of both and come back from KVCM's Mooncake storage.
-RUN: dict[str, Any] = {
-    "server": {
-        "max_total_tokens": 12_000,
-        "page_size": 64,
-        "enable_hierarchical_cache": True,
-        "hicache_ratio": 1.2,
-        "hicache_storage_backend": "kvcm",
-        "hicache_storage_prefetch_policy": "wait_complete",
-    },
-    "workload": {
-        "dataset_name": "generated-shared-prefix",
-        "gsp_num_groups": 8,
-        "gsp_prompts_per_group": 16,
-        "gsp_system_prompt_len": 2048,
-        "gsp_question_len": 128,
-        "gsp_output_len": 64,
-        "request_rate": 2,
-        "seed": 3,
-    },
-    "kvcm": {
-        "storages": [{"name": "mooncake_01", "type": "mooncake"}],
-        "quota": "100 GB",
-        "type_quotas": {},
-        "delay_before_delete_ms": 0,
-    },
-}
+# GSP_L3's setup with 8 groups of 16 prompts at 2 req/s and room for everything in KVCM: system prompts
+# fall out of the device and host pools and come back from KVCM's Mooncake storage.
+RUN: dict[str, Any] = copy.deepcopy(GSP_L3)
+RUN["server"]["hicache_storage_prefetch_policy"] = "wait_complete"
+RUN["workload"].update(gsp_num_groups=8, gsp_prompts_per_group=16, request_rate=2)
+RUN["kvcm"]["quota"] = "100 GB"
 
 
 def run(faults: dict[str, Any] | None) -> dict[str, Any]:
