@@ -15,7 +15,6 @@ import pytest
 from kvsim.cache import (
     CacheError,
     CacheLocation,
-    CacheManager,
     ErrorCode,
     FinishWriteCacheResult,
     GetInstanceInfoRequest,
@@ -41,7 +40,7 @@ from kvsim.serve.catalog import ALL_SERVICE_KINDS, SERVICE_KINDS, rpcs
 from kvsim.serve.client import CacheClient, connect
 from kvsim.serve.leader import leader_only
 from kvsim.serve.proto import kv_meta_service_pb2, kv_meta_service_pb2_grpc
-from kvsim.serve.server import Endpoints, ServerThread
+from kvsim.serve.server import ServerThread
 from kvsim.serve.service import KvcmService, wire_code
 
 from .conftest import T0, Served, make_settings, new_manager
@@ -54,26 +53,8 @@ BATCH = KvQueryType.QT_BATCH_GET
 pb = kv_meta_service_pb2
 
 
-class KvServed:
-    """A running server with the KV listeners on, and the service it serves."""
-
-    def __init__(self, thread: ServerThread, service: KvcmService, endpoints: Endpoints) -> None:
-        self.thread = thread
-        self.service = service
-        self.endpoints = endpoints
-
-    def install(self, mgr: CacheManager) -> None:
-        """Serve ``mgr`` from now on (on the server's thread)."""
-
-        def swap() -> None:
-            self.service.cache = mgr
-            self.service.clock = mgr.clock
-
-        self.thread.call(swap)
-
-
 @pytest.fixture(scope="module")
-def kv_served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KvServed]:
+def kv_served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     mgr = new_manager()
     service = KvcmService(mgr, clock=mgr.clock)
     settings = make_settings(
@@ -86,13 +67,13 @@ def kv_served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KvServed]:
     thread = ServerThread(service, settings, background_poll=False)
     endpoints = thread.start()
     try:
-        yield KvServed(thread, service, endpoints)
+        yield Served(thread, service, endpoints)
     finally:
         thread.stop(grace_s=1.0)
 
 
 @pytest.fixture(scope="module")
-def kv_clients(kv_served: KvServed) -> Iterator[dict[str, CacheClient]]:
+def kv_clients(kv_served: Served) -> Iterator[dict[str, CacheClient]]:
     ep = kv_served.endpoints
     with (
         CacheClient.grpc(ep.host, ep.rpc_port, ep.admin_rpc_port, kv_rpc_port=ep.kv_rpc_port, retries=1) as g,
@@ -106,7 +87,7 @@ def kv_clients(kv_served: KvServed) -> Iterator[dict[str, CacheClient]]:
 class Kv:
     """One contract test's access: ``api`` is the client's KV API over a fresh manager the server serves."""
 
-    def __init__(self, served: KvServed, client: CacheClient) -> None:
+    def __init__(self, served: Served, client: CacheClient) -> None:
         self.clock = ManualClock(T0)
         self.mgr = new_manager(self.clock)
         served.install(self.mgr)
@@ -138,7 +119,7 @@ class Kv:
 
 
 @pytest.fixture(params=["grpc", "http"])
-def kv(request: pytest.FixtureRequest, kv_served: KvServed, kv_clients: dict[str, CacheClient]) -> Kv:
+def kv(request: pytest.FixtureRequest, kv_served: Served, kv_clients: dict[str, CacheClient]) -> Kv:
     return Kv(kv_served, kv_clients[request.param])
 
 
@@ -277,7 +258,7 @@ def post(port: int, path: str, document: dict[str, Any]) -> tuple[int, Any]:
         conn.close()
 
 
-def test_raw_json_put_start_and_get(kv_served: KvServed) -> None:
+def test_raw_json_put_start_and_get(kv_served: Served) -> None:
     """The KV service speaks JSON as the meta service does: snake_case, defaults, enum names, request ids."""
     kv_served.install(new_manager())
     port = kv_served.endpoints.kv_http_port
@@ -335,7 +316,7 @@ def test_raw_json_put_start_and_get(kv_served: KvServed) -> None:
     assert post(port, "/api/getCacheLocation", {})[0] == 404  # the block-key RPCs are not on the KV port
 
 
-def test_raw_stub_success_mask_extension(kv_served: KvServed) -> None:
+def test_raw_stub_success_mask_extension(kv_served: Served) -> None:
     """A client generated from kvsim's proto sends PutFinish.success_mask (field 100); one built from the
     reference's proto leaves it out and means "all written"."""
     kv_served.install(new_manager())
@@ -371,7 +352,7 @@ def test_raw_stub_success_mask_extension(kv_served: KvServed) -> None:
         assert wrong.header.status.code == pb.INVALID_ARGUMENT and not wrong.locations
 
 
-def test_metrics_count_kv_calls_apart(kv_served: KvServed, kv_clients: dict[str, CacheClient]) -> None:
+def test_metrics_count_kv_calls_apart(kv_served: Served, kv_clients: dict[str, CacheClient]) -> None:
     kv_served.install(new_manager())
     before = kv_served.thread.call(kv_served.service.metrics.snapshot)
     kv_clients["grpc"].kv.register_instance(
@@ -408,7 +389,7 @@ def test_kv_ports_are_off_by_default(served: Served) -> None:
     assert post(ep.http_port, "/api/putStart", {})[0] == 404  # the meta HTTP port does not serve it
 
 
-def test_connect_reads_the_kv_ports(kv_served: KvServed) -> None:
+def test_connect_reads_the_kv_ports(kv_served: Served) -> None:
     kv_served.install(new_manager())
     ports = kv_served.endpoints.as_dict()
     assert isinstance(ports["kv_rpc_port"], int) and isinstance(ports["kv_http_port"], int)
